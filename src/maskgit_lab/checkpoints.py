@@ -1,0 +1,103 @@
+"""The project's own model files: weights plus the resolved config that built them.
+
+A model file is a plain dict of tensors, strings and numbers, so it always loads with
+``torch.load(..., weights_only=True)``:
+    {"format": FORMAT, "kind": "tokenizer" | "transformer", "config": {...},
+     "state_dict": {...}, "meta": {...}}
+Loading is strict: a wrong kind, a foreign file or mismatched keys is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskgit_lab.config import ExperimentConfig, from_dict, to_dict
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.io import atomic_write, file_sha256, git_commit
+
+FORMAT = "maskgit_lab/1"
+KINDS = ("tokenizer", "transformer")
+
+
+def save_model(
+    path: str | Path, kind: str, model: nn.Module, cfg: ExperimentConfig, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write a model file atomically; ``meta`` gets the git commit and a timestamp added."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    payload = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": to_dict(cfg),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": {"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})},
+    }
+    return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load and check a model file of the given kind (weights_only=True)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"checkpoint {str(p)!r} not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{p} is not a loadable maskgit_lab checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{p} is not a maskgit_lab model file (expected format {FORMAT!r})")
+    if payload.get("kind") != kind:
+        raise ConfigError(f"wrong checkpoint: {p} holds a {payload.get('kind')!r} model, expected a {kind!r} model")
+    return payload
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that names every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if shapes:
+        problems.append(
+            "shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:5])
+        )
+    if problems:
+        raise ConfigError(f"{source} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_tokenizer(path: str | Path):
+    """-> (VQGAN in eval mode, ExperimentConfig, meta) from a tokenizer model file."""
+    from maskgit_lab.models.vqgan import VQGAN
+
+    payload = load_checkpoint(path, "tokenizer")
+    cfg = from_dict(payload["config"])
+    model = VQGAN(cfg.tokenizer)
+    load_state_strict(model, payload["state_dict"], str(path))
+    return model.eval(), cfg, payload["meta"]
+
+
+def load_transformer(path: str | Path):
+    """-> (MaskGITTransformer in eval mode, ExperimentConfig, meta) from a transformer model file."""
+    from maskgit_lab.models.transformer import MaskGITTransformer
+
+    payload = load_checkpoint(path, "transformer")
+    cfg = from_dict(payload["config"])  # cfg.transformer holds the filled-in sizes
+    model = MaskGITTransformer(cfg.transformer)
+    load_state_strict(model, payload["state_dict"], str(path))
+    return model.eval(), cfg, payload["meta"]
+
+
+def tokenizer_identity(path: str | Path) -> str:
+    """Content key of a tokenizer file: what token caches and transformers are tied to."""
+    return file_sha256(path)

@@ -1,0 +1,264 @@
+"""Experiment configuration: dataclasses are the single source of defaults.
+
+A YAML file under ``experiments/`` overrides some fields; ``key.sub=value`` strings on
+the command line override further. Unknown keys, wrong types and unknown names are
+ConfigErrors that list the valid choices. The resolved config is stored inside every
+checkpoint and logged with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.models.transformer import TransformerConfig
+from maskgit_lab.models.vqgan import TokenizerConfig
+from maskgit_lab.sampler import DecodeConfig
+
+
+@dataclass
+class DataConfig:
+    """Dataset selection. ``name``: fmnist or imagefolder."""
+
+    name: str = "fmnist"
+    root: str = ""  # empty: $MASKGIT_FMNIST_DIR, then the Debian package's folder
+    download: bool = False  # allow torchvision's downloader (needs internet)
+    image_size: int = 32
+    val_size: int = 5000
+    split_seed: int = 0
+    num_workers: int = 0
+    hflip: bool = False
+    # Use only the first n images of each split (0 = all); for smoke runs and tests.
+    limit_train: int = 0
+    limit_val: int = 0
+    limit_test: int = 0
+
+
+@dataclass
+class PerceptualConfig:
+    network: str = "none"  # none | vgg16
+    weights: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class TokenizerTrainConfig:
+    batch_size: int = 64
+    max_steps: int = 600
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    rec_loss: str = "l1"  # l1 | l2
+    disc_weight: float = 0.0  # 0 disables the discriminator
+    disc_start: int = 0  # step at which the GAN loss switches on
+    disc_ch: int = 32
+    disc_layers: int = 2
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    revive_every: int = 50  # steps between dead-code revivals (0 disables)
+    val_every: int = 200
+    seed: int = 0
+
+
+@dataclass
+class TransformerTrainConfig:
+    batch_size: int = 128
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.96)
+    weight_decay: float = 0.045
+    label_smoothing: float = 0.1
+    class_dropout: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.0  # 0 disables EMA weights, else the decay (e.g. 0.999)
+    schedule: str = "cosine"  # training mask schedule gamma
+    loss_on: str = "masked"  # masked | all
+    val_every: int = 250
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "fmnist"
+    runs_dir: str = "runs"
+    mlflow_uri: str = ""  # empty: sqlite:///<runs_dir>/mlflow.db
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    precision: str = "32-true"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    transformer_train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    sampling: DecodeConfig = field(default_factory=DecodeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_uri:
+            return self.mlflow_uri
+        return f"sqlite:///{Path(self.runs_dir).resolve() / 'mlflow.db'}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp`` or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> nested dict; values parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment config from YAML (optional) plus ``key=value`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            found = sorted(str(x) for x in Path("experiments").glob("*.yaml"))
+            hint = f"; available: {', '.join(found)}" if found else ""
+            raise ConfigError(f"config file {str(p)!r} not found{hint}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    cfg = _build(ExperimentConfig, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    from maskgit_lab.schedules import canonical_name
+
+    tok = cfg.tokenizer
+    if tok.resolution % 2 ** (len(tok.ch_mult) - 1):
+        raise ConfigError(
+            f"tokenizer.resolution={tok.resolution} is not divisible by the downsampling "
+            f"factor {2 ** (len(tok.ch_mult) - 1)} of ch_mult={list(tok.ch_mult)}"
+        )
+    if cfg.data.image_size != tok.resolution:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} must equal tokenizer.resolution={tok.resolution}"
+        )
+    if cfg.data.name not in ("fmnist", "imagefolder"):
+        raise ConfigError(f"unknown data.name {cfg.data.name!r}; valid: fmnist, imagefolder")
+    if cfg.tokenizer_train.rec_loss not in ("l1", "l2"):
+        raise ConfigError(f"unknown tokenizer_train.rec_loss {cfg.tokenizer_train.rec_loss!r}; valid: l1, l2")
+    if cfg.transformer_train.loss_on not in ("masked", "all"):
+        raise ConfigError(f"unknown transformer_train.loss_on {cfg.transformer_train.loss_on!r}; valid: masked, all")
+    if not 0 <= cfg.transformer_train.class_dropout < 1:
+        raise ConfigError("transformer_train.class_dropout must lie in [0, 1)")
+    cfg.transformer_train.schedule = canonical_name(cfg.transformer_train.schedule)
+    cfg.transformer.resolved()
+    cfg.sampling = cfg.sampling.validated(tok.num_tokens)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-dict view (tuples as lists) for YAML, JSON, MLflow and checkpoints."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def from_dict(tree: dict) -> ExperimentConfig:
+    """Rebuild an ExperimentConfig from ``to_dict`` output (e.g. from a checkpoint)."""
+    cfg = _build(ExperimentConfig, tree, "")
+    validate(cfg)
+    return cfg

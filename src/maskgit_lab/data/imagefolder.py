@@ -1,0 +1,105 @@
+"""A generic ImageFolder datamodule (``root/train/<class>/*.jpg``, ``root/val/<class>/*``).
+
+Training: resize the short side, random crop, optional horizontal flip. Evaluation:
+resize and centre crop. Images come out in [-1, 1], labels as class indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from maskgit_lab.config import DataConfig
+from maskgit_lab.errors import ConfigError
+
+
+def _transforms(size: int, train: bool, hflip: bool):
+    from torchvision import transforms as T
+
+    ops = [T.Resize(size)]
+    ops.append(T.RandomCrop(size) if train else T.CenterCrop(size))
+    if train and hflip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
+    return T.Compose(ops)
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Batches of (images [B, 3, S, S] in [-1, 1], labels [B]) from an ImageFolder tree."""
+
+    in_channels = 3
+
+    def __init__(self, cfg: DataConfig, batch_size: int = 64) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.batch_size = batch_size
+        root = Path(cfg.root)
+        if not cfg.root or not (root / "train").is_dir():
+            raise ConfigError(
+                f"data.root={cfg.root!r} must be a folder with train/ (and val/) class subfolders "
+                "of images, as torchvision's ImageFolder expects"
+            )
+        self.root = root
+        self._splits: dict = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        from torch.utils.data import Subset
+        from torchvision.datasets import ImageFolder
+
+        c = self.cfg
+        train = ImageFolder(str(self.root / "train"), _transforms(c.image_size, True, c.hflip))
+        val_dir = self.root / "val"
+        if val_dir.is_dir():
+            val = ImageFolder(str(val_dir), _transforms(c.image_size, False, False))
+            if val.classes != train.classes:
+                raise ConfigError(f"{val_dir} and {self.root / 'train'} hold different class folders")
+        else:
+            raise ConfigError(f"{val_dir} not found: the evaluation split must be its own folder")
+        self.classes = train.classes
+        lim = {"train": c.limit_train, "val": c.limit_val}
+        self._splits = {
+            name: Subset(ds, range(min(lim[name], len(ds)))) if lim[name] else ds
+            for name, ds in (("train", train), ("val", val))
+        }
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return len(self.classes)
+
+    def dataset(self, split: str):
+        self.setup()
+        if split == "test":
+            split = "val"  # ImageNet practice: the val split is the evaluation set
+        return self._splits[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+            num_workers=self.cfg.num_workers, drop_last=shuffle,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+def build_image_datamodule(cfg: DataConfig, batch_size: int) -> L.LightningDataModule:
+    """The image datamodule named by ``cfg.name``."""
+    if cfg.name == "fmnist":
+        from maskgit_lab.data.fmnist import FashionMNISTDataModule
+
+        return FashionMNISTDataModule(cfg, batch_size)
+    if cfg.name == "imagefolder":
+        return ImageFolderDataModule(cfg, batch_size)
+    raise ConfigError(f"unknown data.name {cfg.name!r}; valid: fmnist, imagefolder")

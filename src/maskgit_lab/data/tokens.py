@@ -1,0 +1,101 @@
+"""Token caches: every split encoded once by a frozen tokenizer, stored on disk.
+
+The cache file name carries the tokenizer file's content hash and a hash of the data
+settings, so a retrained tokenizer or a different split never reuses stale codes and
+stage 2 never re-encodes images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from maskgit_lab.config import DataConfig, to_dict
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.io import atomic_write
+
+SPLITS = ("train", "val", "test")
+
+
+def data_key(cfg: DataConfig) -> str:
+    """Hash of the data settings that change which images (and pixels) get encoded."""
+    d = to_dict(cfg)
+    for k in ("num_workers", "download", "hflip"):
+        d.pop(k)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_path(run_dir: Path, tokenizer_sha: str, cfg: DataConfig) -> Path:
+    return Path(run_dir) / "tokens" / f"tokens-{tokenizer_sha}-{data_key(cfg)}.pt"
+
+
+@torch.inference_mode()
+def encode_split(tokenizer, dataset, batch_size: int = 256, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a dataset of (image, label) -> codes [M, h, w] (int16/int32) and labels [M]."""
+    device = next(tokenizer.parameters()).device
+    dtype = torch.int16 if tokenizer.cfg.codebook_size <= torch.iinfo(torch.int16).max else torch.int32
+    codes, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc=f"tokenize {desc}", leave=False, dynamic_ncols=True):
+        codes.append(tokenizer.encode(x.to(device)).to("cpu", dtype))
+        labels.append(torch.as_tensor(y).long())
+    return torch.cat(codes), torch.cat(labels)
+
+
+def build_token_cache(tokenizer, tokenizer_sha: str, datamodule, cfg: DataConfig, run_dir: Path) -> Path:
+    """Encode every split once and write the cache atomically; reuse it if present."""
+    path = cache_path(run_dir, tokenizer_sha, cfg)
+    if path.is_file():
+        return path
+    tokenizer.eval()
+    payload: dict = {"tokenizer_sha": tokenizer_sha, "data": to_dict(cfg), "codes": {}, "labels": {}}
+    for split in SPLITS:
+        c, y = encode_split(tokenizer, datamodule.dataset(split), desc=split)
+        payload["codes"][split], payload["labels"][split] = c, y
+    payload["codebook_size"] = tokenizer.cfg.codebook_size
+    payload["num_classes"] = int(datamodule.num_classes)
+    atomic_write(path, lambda p: torch.save(payload, p))
+    return path
+
+
+def load_token_cache(path: Path, tokenizer_sha: str | None = None) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"token cache {str(p)!r} not found; run the tokenize step first")
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    if tokenizer_sha is not None and payload.get("tokenizer_sha") != tokenizer_sha:
+        raise ConfigError(
+            f"token cache {p} was made by tokenizer {payload.get('tokenizer_sha')}, not {tokenizer_sha}"
+        )
+    return payload
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Batches of (codes [B, N] long, labels [B] long) from a token cache."""
+
+    def __init__(self, cache: dict, batch_size: int = 128) -> None:
+        super().__init__()
+        self.cache = cache
+        self.batch_size = batch_size
+        self.codebook_size = int(cache["codebook_size"])
+        self.num_classes = int(cache["num_classes"])
+        self.num_tokens = int(cache["codes"]["train"][0].numel())
+
+    def dataset(self, split: str) -> TensorDataset:
+        codes = self.cache["codes"][split]
+        return TensorDataset(codes.reshape(codes.shape[0], -1).long(), self.cache["labels"][split])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("val"), batch_size=256, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("test"), batch_size=256, shuffle=False)

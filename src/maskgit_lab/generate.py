@@ -1,0 +1,72 @@
+"""Class-conditional generation: the decoder over a transformer, then the tokenizer's decoder."""
+
+from __future__ import annotations
+
+import torch
+
+from maskgit_lab.models.transformer import MaskGITTransformer
+from maskgit_lab.models.vqgan import VQGAN
+from maskgit_lab.sampler import DecodeConfig, DecodeResult, decode
+
+Tensor = torch.Tensor
+
+
+def check_guidance(transformer: MaskGITTransformer, train_class_dropout: float, config: DecodeConfig) -> None:
+    """Guidance needs an unconditional model: refuse it for one trained without class dropout."""
+    from maskgit_lab.errors import ConfigError
+
+    if config.guidance_weight > 0 and train_class_dropout <= 0:
+        raise ConfigError(
+            f"guidance weight {config.guidance_weight} needs a model trained with class dropout "
+            "(transformer_train.class_dropout > 0); this one was trained with 0: use --cfg-weight 0"
+        )
+
+
+@torch.inference_mode()
+def generate_codes(
+    transformer: MaskGITTransformer,
+    labels: Tensor,
+    config: DecodeConfig,
+    generator: torch.Generator,
+    return_history: bool = False,
+    init_tokens: Tensor | None = None,
+) -> DecodeResult:
+    """Decode codes for ``labels`` [B] from an all-masked grid (or ``init_tokens`` [B, N])."""
+    tcfg = transformer.cfg
+    device = labels.device
+    if init_tokens is None:
+        init_tokens = torch.full((labels.shape[0], tcfg.num_tokens), tcfg.mask_id, device=device, dtype=torch.long)
+    return decode(
+        transformer, init_tokens, tcfg.mask_id, config, generator,
+        labels=labels, null_label=tcfg.null_label, return_history=return_history,
+    )
+
+
+@torch.inference_mode()
+def codes_to_images(tokenizer: VQGAN, codes: Tensor) -> Tensor:
+    """codes [B, N] -> images [B, C, H, W] in [-1, 1]."""
+    side = tokenizer.cfg.grid_size
+    return tokenizer.decode(codes.reshape(codes.shape[0], side, side))
+
+
+@torch.inference_mode()
+def generate_images(
+    transformer: MaskGITTransformer,
+    tokenizer: VQGAN,
+    labels: Tensor,
+    config: DecodeConfig,
+    seed: int,
+    batch_size: int = 256,
+) -> Tensor:
+    """Images [B, C, H, W] in [-1, 1] for class ``labels`` [B], in batches, from one seed.
+
+    A single generator seeded with ``seed`` is consumed batch after batch, so the output
+    depends on ``seed`` and ``batch_size`` only, never on global random state.
+    """
+    device = next(transformer.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for chunk in labels.split(batch_size):
+        codes = generate_codes(transformer, chunk.to(device), config, gen).tokens
+        out.append(codes_to_images(tokenizer, codes).cpu())
+    return torch.cat(out)

@@ -1,0 +1,96 @@
+"""LightningModule for masked visual token modeling (MaskGIT stage 2)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from maskgit_lab.config import ExperimentConfig, to_dict
+from maskgit_lab.masking import random_mask
+from maskgit_lab.models.transformer import MaskGITTransformer
+
+Tensor = torch.Tensor
+
+
+class MVTMModule(L.LightningModule):
+    """Mask tokens with the training schedule, predict them; optional EMA weights.
+
+    ``cfg.transformer`` must already carry codebook_size, num_tokens and num_classes.
+    Validation masks with a fixed seed per batch, so its loss (plain cross-entropy on the
+    masked tokens, no label smoothing) is comparable across evaluations.
+    """
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tcfg = cfg.transformer_train
+        self.save_hyperparameters({"config": to_dict(cfg)})
+        self.model = MaskGITTransformer(cfg.transformer)
+        self.ema = None
+        if self.tcfg.ema > 0:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+
+    @property
+    def inference_model(self) -> MaskGITTransformer:
+        """The weights to sample and evaluate with: EMA when enabled."""
+        return self.ema if self.ema is not None else self.model
+
+    def _masked_batch(self, codes: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        mask = random_mask(codes.shape[0], codes.shape[1], self.tcfg.schedule, generator, codes.device)
+        return codes.masked_fill(mask, self.model.cfg.mask_id), mask
+
+    def _loss(self, logits: Tensor, codes: Tensor, mask: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+        k = logits.shape[-1]
+        sel = mask if self.tcfg.loss_on == "masked" else torch.ones_like(mask)
+        loss = F.cross_entropy(logits[sel].reshape(-1, k), codes[sel], label_smoothing=smoothing)
+        acc = (logits[mask].argmax(-1) == codes[mask]).float().mean()
+        return loss, acc
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        codes, labels = batch
+        inputs, mask = self._masked_batch(codes, None)
+        if self.tcfg.class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.tcfg.class_dropout
+            labels = labels.masked_fill(drop, self.model.cfg.null_label)
+        logits = self.model(inputs, labels)
+        loss, acc = self._loss(logits, codes, mask, self.tcfg.label_smoothing)
+        self.log_dict({"train/loss": loss, "train/masked_acc": acc}, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            with torch.no_grad():
+                ema_p = list(self.ema.parameters())
+                torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.tcfg.ema)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        codes, labels = batch
+        gen = torch.Generator(device=codes.device).manual_seed(10_000 + batch_idx)
+        inputs, mask = self._masked_batch(codes, gen)
+        logits = self.inference_model(inputs, labels)
+        loss, acc = self._loss(logits, codes, mask, 0.0)
+        self.log_dict({"val/loss": loss, "val/masked_acc": acc}, prog_bar=True, batch_size=codes.shape[0])
+
+    def configure_optimizers(self):
+        t = self.tcfg
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # Weight decay on matrices of linear layers only, not on norms, biases, embeddings.
+            (decay if p.dim() == 2 and "emb" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr, betas=t.betas,
+        )
+
+        def lr_lambda(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+            return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

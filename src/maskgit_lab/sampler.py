@@ -1,0 +1,286 @@
+"""MaskGIT parallel (iterative, confidence-based) decoding as a pure function.
+
+The decoder knows nothing about the model or the trainer: it takes a
+``logits_fn(tokens [B, N], labels [B]) -> logits [B, N, K]`` callable, the token grid
+with ``mask_id`` at unknown positions, and an explicit ``torch.Generator``. All
+randomness (categorical sampling, Gumbel noise) is drawn from that generator.
+
+Official algorithm (MaskGIT, google-research/maskgit), for step s = 0..T-1:
+  1. logits = logits_fn(tokens, labels), optionally classifier-free guided;
+  2. sample a token at every unknown position (known positions keep theirs);
+  3. ratio = (s+1)/T; n_mask = floor(U0 * gamma(ratio)) clipped to [1, unknown - 1];
+  4. confidence = log p(sampled) + tau * anneal(s) * Gumbel noise, +inf where known;
+  5. re-mask the n_mask least confident positions. The last step fills everything.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.schedules import canonical_name, gamma
+
+Tensor = torch.Tensor
+LogitsFn = Callable[[Tensor, Tensor | None], Tensor]
+
+MaskConvention = Literal["official", "increments"]
+GumbelAnneal = Literal["official", "reproduction"]
+GuidanceRamp = Literal["constant", "linear"]
+
+MASK_CONVENTIONS = ("official", "increments")
+GUMBEL_ANNEALS = ("official", "reproduction")
+GUIDANCE_RAMPS = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Settings of one decode.
+
+    steps: T, the number of parallel decoding steps (1 <= T <= N).
+    schedule: mask schedule name (see ``maskgit_lab.schedules``).
+    choice_temperature: tau, scale of the Gumbel noise added to the confidence
+        (official default 4.5; 0 gives deterministic most-confident-first).
+    softmax_temperature: logits are divided by it before sampling tokens; 1 is the
+        model's distribution, 0 takes the argmax. (The reproduction's "temperature"
+        multiplies the logits: its value r corresponds to 1/r here.)
+    mask_convention: "official" re-masks floor(U0 * gamma((s+1)/T)) tokens after step s;
+        "increments" reveals a fixed number per step (the reproduction's convention).
+    gumbel_anneal: "official" scales tau by 1 - (s+1)/T; "reproduction" by 1 - s/(T-1).
+    guidance_weight: w of classifier-free guidance (0 disables the unconditional pass).
+    guidance_ramp: "constant" uses w at every step; "linear" uses w * s/(T-1).
+    """
+
+    steps: int = 8
+    schedule: str = "cosine"
+    choice_temperature: float = 4.5
+    softmax_temperature: float = 1.0
+    mask_convention: MaskConvention = "official"
+    gumbel_anneal: GumbelAnneal = "official"
+    guidance_weight: float = 0.0
+    guidance_ramp: GuidanceRamp = "linear"
+
+    def validated(self, num_tokens: int) -> DecodeConfig:
+        """Return a copy with the canonical schedule name, or raise ConfigError."""
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool):
+            raise ConfigError(f"steps T must be an integer, got {self.steps!r}")
+        if not 1 <= self.steps <= num_tokens:
+            raise ConfigError(
+                f"steps T={self.steps} is impossible: T must be between 1 and N={num_tokens} "
+                "(the number of tokens in the grid)"
+            )
+        for name, value in (
+            ("choice_temperature", self.choice_temperature),
+            ("softmax_temperature", self.softmax_temperature),
+            ("guidance_weight", self.guidance_weight),
+        ):
+            if not value >= 0:  # also rejects NaN
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        for name, value, valid in (
+            ("mask_convention", self.mask_convention, MASK_CONVENTIONS),
+            ("gumbel_anneal", self.gumbel_anneal, GUMBEL_ANNEALS),
+            ("guidance_ramp", self.guidance_ramp, GUIDANCE_RAMPS),
+        ):
+            if value not in valid:
+                raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        return DecodeConfig(**{**self.__dict__, "schedule": canonical_name(self.schedule)})
+
+
+@dataclass
+class DecodeResult:
+    """Output of ``decode``.
+
+    tokens: [B, N] fully decoded codes.
+    states: [T, B, N] the grid after each step (``mask_id`` where still masked), or None.
+    predictions: [T, B, N] the tokens sampled at every position at each step, or None.
+    """
+
+    tokens: Tensor
+    states: Tensor | None = None
+    predictions: Tensor | None = None
+    masked_counts: list[Tensor] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=4096)
+def reveal_increments(schedule: str, steps: int, unknown: int, num_tokens: int) -> tuple[int, ...]:
+    """Tokens revealed at each step under the "increments" convention.
+
+    Weights gamma(r) on the grid r = 1, ..., 0 (T points, as in the reproduction) are
+    normalised to sum to ``unknown`` and rounded; every step reveals at least one token
+    and the last step takes the remainder. Where rounding overshoots, the largest earlier
+    increments give tokens back, so the total is exactly ``unknown``. When fewer tokens
+    than steps are unknown, the first ``unknown`` steps reveal one each.
+    """
+    if unknown <= 0:
+        return (0,) * steps
+    if unknown <= steps:
+        return tuple([1] * unknown + [0] * (steps - unknown))
+    grid = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
+    w = gamma(schedule, grid, num_tokens)
+    n = torch.round(w / w.sum() * unknown).clamp(min=1).long().tolist()
+    head = n[:-1]
+    while sum(head) > unknown - 1:
+        i = max(range(len(head)), key=lambda j: head[j])
+        head[i] -= 1
+    return tuple(head + [unknown - sum(head)])
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    u = u.clamp(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def _guided_logits(
+    logits_fn: LogitsFn,
+    tokens: Tensor,
+    labels: Tensor | None,
+    null_label: int | None,
+    weight: float,
+) -> Tensor:
+    if weight == 0.0 or labels is None:
+        return logits_fn(tokens, labels)
+    if null_label is None:
+        raise ConfigError("classifier-free guidance needs a model trained with a null class")
+    uncond = torch.full_like(labels, null_label)
+    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, uncond]))
+    cond, unc = both.chunk(2)
+    return (1.0 + weight) * cond - weight * unc
+
+
+@torch.no_grad()
+def decode(
+    logits_fn: LogitsFn,
+    tokens: Tensor,
+    mask_id: int,
+    config: DecodeConfig,
+    generator: torch.Generator,
+    labels: Tensor | None = None,
+    null_label: int | None = None,
+    return_history: bool = False,
+) -> DecodeResult:
+    """Fill every ``mask_id`` position of ``tokens`` in ``config.steps`` parallel steps.
+
+    Args:
+        logits_fn: maps (tokens [B, N] long, labels [B] long or None) to logits
+            [B, N, K] over the K codes (ids 0..K-1; ``mask_id`` is not one of them).
+        tokens: [B, N] long; known codes, ``mask_id`` at unknown positions (all masked
+            for generation from scratch, partly known for inpainting/outpainting).
+        mask_id: the id marking unknown positions.
+        config: the decode settings (validated here).
+        generator: the only source of randomness; must live on ``tokens.device``.
+        labels: [B] class ids for class-conditional models, or None.
+        null_label: the class id meaning "no class" (needed for guidance).
+        return_history: also return the grid and the predictions after every step.
+
+    Returns:
+        DecodeResult with ``tokens`` [B, N] where no ``mask_id`` is left and every
+        originally known token unchanged.
+    """
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [B, N], got shape {tuple(tokens.shape)}")
+    bsz, n_tok = tokens.shape
+    cfg = config.validated(n_tok)
+    steps = cfg.steps
+    device = tokens.device
+
+    cur = tokens.clone()
+    unknown0 = (cur == mask_id).sum(dim=1)  # U0 per row, [B]
+    if cfg.mask_convention == "increments":
+        # Tokens still masked after each step, per row: U0 - cumulative increments.
+        remaining = torch.stack(
+            [
+                int(u) - torch.tensor(reveal_increments(cfg.schedule, steps, int(u), n_tok)).cumsum(0)
+                for u in unknown0.tolist()
+            ]
+        ).to(device)  # [B, T]
+    else:
+        ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        frac = gamma(cfg.schedule, ratios, n_tok).to(device)  # [T]
+        # floor(U0 * gamma) per row and step, computed in float64 to avoid off-by-one.
+        remaining = torch.floor(unknown0.double()[:, None] * frac[None, :]).long()  # [B, T]
+
+    states, preds, counts = [], [], []
+    for s in range(steps):
+        unknown_map = cur == mask_id  # [B, N]
+        n_unknown = unknown_map.sum(dim=1)
+        if cfg.guidance_ramp == "linear":
+            w = cfg.guidance_weight * (s / (steps - 1) if steps > 1 else 1.0)
+        else:
+            w = cfg.guidance_weight
+        logits = _guided_logits(logits_fn, cur, labels, null_label, w).float()
+        if logits.shape[:2] != (bsz, n_tok):
+            raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected [B={bsz}, N={n_tok}, K]")
+
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if cfg.softmax_temperature == 0:
+            sampled = logits.argmax(dim=-1)
+        else:
+            noise = _gumbel(logits.shape, generator, device)
+            sampled = (logits / cfg.softmax_temperature + noise).argmax(dim=-1)  # Gumbel-max
+        sampled = torch.where(unknown_map, sampled, cur)
+
+        if s == steps - 1:
+            cur = sampled
+            n_mask = torch.zeros_like(n_unknown)
+        else:
+            if cfg.mask_convention == "increments":
+                n_mask = remaining[:, s].clamp(min=0)
+                n_mask = torch.minimum(n_mask, n_unknown)
+            else:
+                n_mask = torch.maximum(
+                    torch.ones_like(n_unknown),
+                    torch.minimum(n_unknown - 1, remaining[:, s]),
+                )
+                n_mask = torch.minimum(n_mask, n_unknown)  # rows with nothing unknown stay full
+            confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+            if cfg.gumbel_anneal == "official":
+                anneal = 1.0 - (s + 1) / steps
+            else:
+                anneal = 1.0 - (s / (steps - 1) if steps > 1 else 0.0)
+            if cfg.choice_temperature > 0 and anneal > 0:
+                g = _gumbel(confidence.shape, generator, device)
+                confidence = confidence + cfg.choice_temperature * anneal * g
+            confidence = confidence.masked_fill(~unknown_map, float("inf"))
+            # Re-mask the n_mask least confident positions of each row.
+            order = confidence.argsort(dim=1)
+            rank_masked = torch.arange(n_tok, device=device)[None, :] < n_mask[:, None]
+            remask = torch.zeros_like(unknown_map).scatter(1, order, rank_masked)
+            cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
+        counts.append(n_mask)
+        if return_history:
+            states.append(cur.clone())
+            preds.append(sampled.clone())
+
+    return DecodeResult(
+        tokens=cur,
+        states=torch.stack(states) if return_history else None,
+        predictions=torch.stack(preds) if return_history else None,
+        masked_counts=counts,
+    )
+
+
+def expected_masked_counts(config: DecodeConfig, unknown: int, num_tokens: int) -> list[int]:
+    """Tokens still masked after each step for a row that starts with ``unknown`` masked.
+
+    Mirrors the decoder's bookkeeping (used by tests, notebooks and plots of the
+    number of tokens revealed per step); the last entry is always 0.
+    """
+    cfg = config.validated(num_tokens)
+    out, cur = [], unknown
+    incs = reveal_increments(cfg.schedule, cfg.steps, unknown, num_tokens)
+    for s in range(cfg.steps):
+        if s == cfg.steps - 1:
+            cur = 0
+        elif cfg.mask_convention == "increments":
+            cur = cur - incs[s]
+        else:
+            frac = float(gamma(cfg.schedule, (s + 1) / cfg.steps, num_tokens))
+            target = int(torch.floor(torch.tensor(unknown * frac, dtype=torch.float64)))
+            cur = min(cur, max(1, min(cur - 1, target)))
+        out.append(cur)
+    return out

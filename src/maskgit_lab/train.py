@@ -1,0 +1,276 @@
+"""Train the two stages: ``python -m maskgit_lab.train tokenizer|transformer|all --config ...``.
+
+Each stage skips work already done (its model file exists with the same settings),
+resumes an interrupted run from its last Lightning checkpoint, logs to MLflow, and
+writes a model file that embeds the resolved config plus a ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from maskgit_lab import tracking  # noqa: F401  (sets the no-telemetry environment first)
+from maskgit_lab.checkpoints import load_checkpoint, load_tokenizer, save_model, tokenizer_identity
+from maskgit_lab.config import ExperimentConfig, load_config, to_dict
+from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.io import atomic_write_text
+
+# Lightning's advice to manual-optimization users and its product tips are noise here.
+warnings.filterwarnings("ignore", message=".*pre-optimization state.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+
+TOKENIZER_SECTIONS = ("data", "tokenizer", "tokenizer_train")
+TRANSFORMER_SECTIONS = (*TOKENIZER_SECTIONS, "transformer", "transformer_train")
+IGNORED_DATA_KEYS = ("num_workers", "download")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where an experiment's stages write their files."""
+
+    root: Path
+    schedule: str
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.pt"
+
+    @property
+    def transformer_dir(self) -> Path:
+        return self.root / f"transformer-{self.schedule}"
+
+    @property
+    def transformer_file(self) -> Path:
+        return self.transformer_dir / "transformer.pt"
+
+
+def run_paths(cfg: ExperimentConfig) -> RunPaths:
+    return RunPaths(cfg.run_dir, cfg.transformer_train.schedule)
+
+
+def _comparable(tree: dict, sections: tuple[str, ...]) -> dict:
+    out = {k: dict(tree[k]) for k in sections}
+    for k in IGNORED_DATA_KEYS:
+        out["data"].pop(k, None)
+    if "transformer" in out:  # filled-in sizes are derived, not chosen
+        for k in ("codebook_size", "num_tokens", "num_classes"):
+            out["transformer"].pop(k, None)
+    return out
+
+
+def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections: tuple[str, ...]) -> dict:
+    """Return the saved payload if its settings match ``cfg``; else a clear error."""
+    payload = load_checkpoint(path, kind)
+    saved, wanted = _comparable(payload["config"], sections), _comparable(to_dict(cfg), sections)
+    diff = [
+        f"{s}.{k}" for s in sections for k in sorted(set(saved[s]) | set(wanted[s]))
+        if saved[s].get(k) != wanted[s].get(k)
+    ]
+    if diff:
+        raise ConfigError(
+            f"{path} was trained with other settings ({', '.join(diff[:6])}); pass --force to retrain "
+            "it, or choose another experiment name (name=...)"
+        )
+    return payload
+
+
+def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val_every: int, n_batches: int):
+    import lightning as L
+    from lightning.pytorch.callbacks import (
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+        TQDMProgressBar,
+    )
+
+    ckpt = ModelCheckpoint(dirpath=stage_dir / "lightning", save_last=True, save_top_k=0,
+                           every_n_train_steps=max(1, val_every if max_steps < 0 else min(val_every, max_steps)))
+    # Rich redraws in place on a terminal; in a log file TQDM prints a line every 50 batches.
+    bar = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50)
+    callbacks = [ckpt, bar]
+    if logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        precision=cfg.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        val_check_interval=max(1, min(val_every, n_batches)),
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        log_every_n_steps=10,
+        default_root_dir=str(stage_dir),
+        enable_model_summary=False,
+    )
+
+
+def _last_ckpt(stage_dir: Path) -> str | None:
+    p = stage_dir / "lightning" / "last.ckpt"
+    return str(p) if p.is_file() else None
+
+
+def _finish(stage_dir: Path, logger, metrics: dict) -> None:
+    atomic_write_text(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if logger is not None:
+        logger.log_metrics({f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        logger.experiment.log_artifact(logger.run_id, str(stage_dir / "metrics.json"))
+        logger.finalize("success")
+
+
+def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True) -> dict:
+    """Train (or reuse) the tokenizer; returns its test-set reconstruction metrics."""
+    import lightning as L
+
+    from maskgit_lab.data.imagefolder import build_image_datamodule
+    from maskgit_lab.lit.tokenizer import TokenizerModule, evaluate_reconstruction
+
+    paths = run_paths(cfg)
+    d = paths.tokenizer_dir
+    if paths.tokenizer_file.is_file() and not force:
+        payload = _check_same_settings(paths.tokenizer_file, "tokenizer", cfg, TOKENIZER_SECTIONS)
+        print(f"tokenizer: reusing {paths.tokenizer_file}")
+        return payload["meta"]["metrics"]
+    if force and d.exists():
+        shutil.rmtree(d)
+    t = cfg.tokenizer_train
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    dm = build_image_datamodule(cfg.data, t.batch_size)
+    if dm.in_channels != cfg.tokenizer.in_channels:
+        raise ConfigError(
+            f"tokenizer.in_channels={cfg.tokenizer.in_channels} but the {cfg.data.name} images have "
+            f"{dm.in_channels} channel(s)"
+        )
+    module = TokenizerModule(cfg)
+    n_batches = len(dm.dataset("train")) // t.batch_size
+    logger = mlflow_logger_or_none(cfg, "tokenizer", log)
+    # Manual optimization: the module stops itself after max_steps batches.
+    trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches)
+    start = time.time()
+    trainer.fit(module, dm, ckpt_path=_last_ckpt(d))
+    seconds = time.time() - start
+    model = module.model.cpu().eval()
+    metrics = evaluate_reconstruction(model, dm.dataset("test"))
+    metrics.update(train_seconds=round(seconds, 1), steps=int(module.batches_done),
+                   parameters=sum(p.numel() for p in model.parameters()))
+    save_model(paths.tokenizer_file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test"})
+    _finish(d, logger, metrics)
+    print(f"tokenizer: test PSNR {metrics['psnr']:.2f} dB, code usage {metrics['code_usage']:.1%}, "
+          f"{seconds:.0f} s -> {paths.tokenizer_file}")
+    return metrics
+
+
+def mlflow_logger_or_none(cfg: ExperimentConfig, run_name: str, log: bool):
+    if not log:
+        return None
+    return tracking.mlflow_logger(cfg, run_name, tags={"stage": run_name})
+
+
+def fill_transformer_config(cfg: ExperimentConfig, codebook_size: int, num_tokens: int, num_classes: int) -> ExperimentConfig:
+    """Copy of ``cfg`` whose transformer section carries the sizes the data imposes."""
+    tr = replace(cfg.transformer, codebook_size=codebook_size, num_tokens=num_tokens, num_classes=num_classes)
+    return replace(cfg, transformer=tr.resolved())
+
+
+def tokenize(cfg: ExperimentConfig) -> Path:
+    """Encode every split with the trained tokenizer once; returns the cache path."""
+    from maskgit_lab.data.imagefolder import build_image_datamodule
+    from maskgit_lab.data.tokens import build_token_cache
+
+    paths = run_paths(cfg)
+    if not paths.tokenizer_file.is_file():
+        raise ConfigError(f"no tokenizer at {paths.tokenizer_file}: run `python -m maskgit_lab.train tokenizer` first")
+    _check_same_settings(paths.tokenizer_file, "tokenizer", cfg, TOKENIZER_SECTIONS)
+    tok, _, _ = load_tokenizer(paths.tokenizer_file)
+    sha = tokenizer_identity(paths.tokenizer_file)
+    dm = build_image_datamodule(cfg.data, 256)
+    return build_token_cache(tok, sha, dm, cfg.data, cfg.run_dir)
+
+
+def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = True) -> dict:
+    """Train (or reuse) the transformer on cached tokens; returns its validation metrics."""
+    import lightning as L
+
+    from maskgit_lab.data.tokens import TokenDataModule, load_token_cache
+    from maskgit_lab.lit.mvtm import MVTMModule
+
+    paths = run_paths(cfg)
+    d = paths.transformer_dir
+    if paths.transformer_file.is_file() and not force:
+        payload = _check_same_settings(paths.transformer_file, "transformer", cfg, TRANSFORMER_SECTIONS)
+        if payload["meta"].get("tokenizer_sha") != tokenizer_identity(paths.tokenizer_file):
+            raise ConfigError(f"{paths.transformer_file} was trained on another tokenizer; pass --force to retrain")
+        print(f"transformer: reusing {paths.transformer_file}")
+        return payload["meta"]["metrics"]
+    if force and d.exists():
+        shutil.rmtree(d)
+    cache_file = tokenize(cfg)
+    sha = tokenizer_identity(paths.tokenizer_file)
+    cache = load_token_cache(cache_file, sha)
+    t = cfg.transformer_train
+    tdm = TokenDataModule(cache, t.batch_size)
+    cfg = fill_transformer_config(cfg, tdm.codebook_size, tdm.num_tokens, tdm.num_classes)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    module = MVTMModule(cfg)
+    logger = mlflow_logger_or_none(cfg, f"transformer-{t.schedule}", log)
+    n_batches = len(tdm.dataset("train")) // t.batch_size
+    trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches)
+    trainer.gradient_clip_val = t.grad_clip or None
+    start = time.time()
+    trainer.fit(module, tdm, ckpt_path=_last_ckpt(d))
+    seconds = time.time() - start
+    final = trainer.validate(module, tdm, verbose=False)[0]
+    metrics = {
+        "val_loss": final["val/loss"], "val_masked_acc": final["val/masked_acc"],
+        "train_seconds": round(seconds, 1), "steps": int(trainer.global_step),
+        "parameters": module.model.num_parameters(), "ema": t.ema > 0,
+    }
+    meta = {"metrics": metrics, "tokenizer_file": str(paths.tokenizer_file), "tokenizer_sha": sha}
+    save_model(paths.transformer_file, "transformer", module.inference_model.cpu(), cfg, meta)
+    _finish(d, logger, metrics)
+    print(f"transformer[{t.schedule}]: val loss {metrics['val_loss']:.3f}, masked acc "
+          f"{metrics['val_masked_acc']:.1%}, {seconds:.0f} s -> {paths.transformer_file}")
+    return metrics
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.train", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["tokenizer", "tokenize", "transformer", "all"])
+    parser.add_argument("--config", default="experiments/fmnist.yaml", help="experiment YAML")
+    parser.add_argument("--force", action="store_true", help="retrain even if a model file exists")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. transformer_train.max_steps=500")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    torch.set_float32_matmul_precision("high")
+    log = not args.no_mlflow
+    if args.stage in ("tokenizer", "all"):
+        train_tokenizer(cfg, force=args.force, log=log)
+    if args.stage == "tokenize":
+        print(tokenize(cfg))
+    if args.stage in ("transformer", "all"):
+        train_transformer(cfg, force=args.force, log=log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskgit_lab.config import from_dict, load_config, parse_overrides, to_dict
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.models.transformer import MaskGITTransformer
+from maskgit_lab.models.vqgan import VQGAN
+from maskgit_lab.train import fill_transformer_config
+
+EXPERIMENTS = sorted(Path("experiments").glob("*.yaml"))
+
+
+def test_experiments_exist():
+    names = {p.name for p in EXPERIMENTS}
+    assert {"fmnist.yaml", "fmnist_smoke.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_loads_and_builds(path):
+    cfg = load_config(path)
+    big = cfg.tokenizer.resolution > 64
+    with torch.device("meta" if big else "cpu"):  # paper-size models: shapes only
+        tok = VQGAN(cfg.tokenizer)
+        full = fill_transformer_config(cfg, cfg.tokenizer.codebook_size, cfg.tokenizer.num_tokens, 10)
+        tr = MaskGITTransformer(full.transformer)
+    assert tok.cfg.num_tokens == tr.cfg.num_tokens
+    assert 1 <= cfg.sampling.steps <= cfg.tokenizer.num_tokens
+    assert from_dict(to_dict(full)) == full  # the config survives a checkpoint round trip
+
+
+def test_paper_base_size():
+    cfg = load_config("experiments/imagenet256.yaml")
+    full = fill_transformer_config(cfg, 1024, 256, 1000)
+    with torch.device("meta"):
+        tr = MaskGITTransformer(full.transformer)
+    assert (tr.cfg.dim, tr.cfg.depth, tr.cfg.mlp_dim) == (768, 24, 3072)
+    assert 170e6 < tr.num_parameters() < 180e6  # about 172M by count, as in the paper's release
+
+
+def test_overrides_and_errors(tmp_path):
+    cfg = load_config("experiments/fmnist.yaml", ["transformer.depth=2", "tokenizer_train.betas=[0.1, 0.2]"])
+    assert cfg.transformer.depth == 2 and cfg.tokenizer_train.betas == (0.1, 0.2)
+    assert parse_overrides(["a.b=3", "c=x"]) == {"a": {"b": 3}, "c": "x"}
+    with pytest.raises(ConfigError, match="unknown key transformer.width; valid keys: .*depth"):
+        load_config("experiments/fmnist.yaml", ["transformer.width=3"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config("experiments/fmnist.yaml", ["transformer.depth=deep"])
+    with pytest.raises(ConfigError, match="unknown mask schedule"):
+        load_config("experiments/fmnist.yaml", ["transformer_train.schedule=spiral"])
+    with pytest.raises(ConfigError, match="unknown transformer preset 'huge'; valid: tiny"):
+        load_config("experiments/fmnist.yaml", ["transformer.preset=huge"])
+    with pytest.raises(ConfigError, match="steps T=100 is impossible"):
+        load_config("experiments/fmnist.yaml", ["sampling.steps=100"])
+    with pytest.raises(ConfigError, match="not found; available:"):
+        load_config("experiments/nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,211 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from maskgit_lab.config import load_config
+from maskgit_lab.lit.mvtm import MVTMModule
+from maskgit_lab.lit.tokenizer import TokenizerModule
+from maskgit_lab.masking import random_mask
+from maskgit_lab.models.losses import PerceptualLoss
+from maskgit_lab.models.transformer import MaskGITTransformer, TransformerConfig
+from maskgit_lab.models.vqgan import VQGAN, TokenizerConfig
+from maskgit_lab.schedules import gamma
+from maskgit_lab.train import fill_transformer_config
+
+SMOKE = "experiments/fmnist_smoke.yaml"
+
+
+def small_tokenizer(**kw) -> VQGAN:
+    cfg = TokenizerConfig(ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32, codebook_dim=4,
+                          attn_resolutions=(8,), **kw)
+    return VQGAN(cfg)
+
+
+def test_tokenizer_shapes_and_round_trip():
+    torch.manual_seed(0)
+    model = small_tokenizer().eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    codes = model.encode(x)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < 32
+    images = model.decode(codes)
+    assert images.shape == x.shape and images.abs().max() <= 1
+    # decoding the codes gives exactly the forward pass's reconstruction
+    with torch.no_grad():
+        rec, q = model(x)
+    assert torch.equal(q.codes, codes)
+    assert torch.allclose(images, rec.clamp(-1, 1), atol=1e-5)
+    # each code is the nearest codebook entry of its latent
+    z = model.quant_conv(model.encoder(x)).permute(0, 2, 3, 1).reshape(-1, 4)
+    d = torch.cdist(z, model.quantize.embedding.weight)
+    assert torch.equal(d.argmin(1), codes.flatten())
+
+
+def test_taming_shape_expressible_by_config():
+    cfg = TokenizerConfig(in_channels=3, resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                          attn_resolutions=(16,), z_channels=256, codebook_size=1024, codebook_dim=256)
+    with torch.device("meta"):
+        model = VQGAN(cfg)
+    keys = model.state_dict().keys()
+    for k in ("encoder.down.4.attn.1.q.weight", "encoder.down.3.downsample.conv.weight",
+              "decoder.up.4.attn.2.proj_out.weight", "decoder.up.1.upsample.conv.weight",
+              "encoder.mid.attn_1.k.weight", "quantize.embedding.weight", "post_quant_conv.weight"):
+        assert k in keys, k
+    assert "encoder.down.4.downsample.conv.weight" not in keys
+    assert "decoder.up.0.upsample.conv.weight" not in keys
+    assert cfg.grid_size == 16 and tuple(model.quantize.embedding.weight.shape) == (1024, 256)
+
+
+def test_straight_through_gradient_and_dead_code_revival():
+    model = small_tokenizer().train()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    rec, q = model(x)
+    (rec - x).pow(2).mean().backward()
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0, "gradient must pass the quantizer"
+    quant = model.quantize
+    quant.usage.zero_()
+    quant.usage[:3] = 1.0
+    before = quant.embedding.weight.detach().clone()
+    n = quant.revive_dead_codes(torch.Generator().manual_seed(0))
+    assert n == 29
+    assert torch.equal(quant.embedding.weight[:3], before[:3])
+    assert not torch.equal(quant.embedding.weight[3:], before[3:])
+    # revived codes are copies of recent encoder outputs
+    flat = quant._last_flat
+    revived = quant.embedding.weight[3:].detach()
+    assert (revived[:, None, :] == flat[None]).all(-1).any(1).all()
+
+
+def test_perceptual_loss_plugs_any_feature_net():
+    class TwoTaps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return [h, self.b(h)]
+
+    loss = PerceptualLoss(TwoTaps())
+    x = torch.rand(2, 1, 16, 16)
+    assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-8)
+    assert float(loss(x, torch.rand(2, 1, 16, 16))) > 0
+    assert not any(p.requires_grad for p in loss.features.parameters())
+
+
+def tiny_transformer(**kw) -> MaskGITTransformer:
+    cfg = TransformerConfig(preset="tiny", dim=32, depth=2, heads=2, mlp_dim=64, dropout=0.0,
+                            codebook_size=20, num_tokens=16, num_classes=5, **kw)
+    return MaskGITTransformer(cfg)
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_transformer_shapes_vocab_and_bidirectional(position):
+    torch.manual_seed(0)
+    m = tiny_transformer(class_position=position).eval()
+    assert m.cfg.vocab_size == 20 + 5 + 2 and m.cfg.mask_id == 20 and m.cfg.null_label == 5
+    codes = torch.randint(0, 20, (3, 16))
+    labels = torch.tensor([0, 4, 2])
+    out = m(codes, labels)
+    assert out.shape == (3, 16, 20)
+    # bidirectional: changing the last token changes the logits at the first position
+    changed = codes.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 20
+    assert not torch.allclose(m(changed, labels)[:, 0], out[:, 0])
+    # the class conditions the output; None means the null class
+    assert not torch.allclose(m(codes, torch.tensor([1, 1, 1])), m(codes, torch.tensor([2, 2, 2])))
+    assert torch.allclose(m(codes, None), m(codes, torch.full((3,), 5)))
+
+
+def test_logits_tied_to_embedding():
+    m = tiny_transformer().eval()
+    codes = torch.randint(0, 20, (2, 16))
+    out = m(codes, torch.tensor([0, 1]))
+    with torch.no_grad():
+        m.bias[3] += 5.0
+    out2 = m(codes, torch.tensor([0, 1]))
+    assert torch.allclose(out2[..., 3] - out[..., 3], torch.full_like(out[..., 3], 5.0), atol=1e-5)
+    assert m.tok_emb.weight.shape[0] == m.cfg.vocab_size
+
+
+def test_random_mask_exact_counts():
+    n_tok = 64
+    gen = torch.Generator().manual_seed(7)
+    mask = random_mask(500, n_tok, "cosine", gen)
+    replay = torch.Generator().manual_seed(7)
+    r = torch.rand(500, generator=replay, dtype=torch.float64)
+    want = torch.ceil(gamma("cosine", r, n_tok) * n_tok).long().clamp(1, n_tok)
+    assert torch.equal(mask.sum(1), want)
+    # positions are uniform: every position gets masked at a similar rate
+    rate = mask.float().mean(0)
+    assert float(rate.max() - rate.min()) < 0.2
+    assert math.isclose(float(mask.float().mean()), float(want.float().mean()) / n_tok, rel_tol=1e-6)
+
+
+def _fit_fixed_batch(module, batch, steps):
+    loader = DataLoader(TensorDataset(*[b.repeat(steps, *[1] * (b.dim() - 1)) for b in batch]),
+                        batch_size=batch[0].shape[0])
+    # One epoch of ``steps`` batches: with two optimizers Lightning's max_steps counts both.
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer.fit(module, loader)
+
+
+def test_tokenizer_module_lowers_loss_on_fixed_batch():
+    torch.manual_seed(0)
+    cfg = load_config(SMOKE, ["tokenizer_train.max_steps=40", "tokenizer_train.lr=0.002"])
+    module = TokenizerModule(cfg)
+    x = torch.rand(16, 1, 32, 32) * 2 - 1
+    y = torch.zeros(16, dtype=torch.long)
+
+    def loss():
+        with torch.no_grad():
+            rec, q = module.model(x)
+        return float((rec - x).abs().mean())
+
+    before = loss()
+    _fit_fixed_batch(module, (x, y), 40)
+    assert int(module.batches_done) == 40
+    assert loss() < 0.8 * before
+
+
+def test_tokenizer_module_gan_step_runs():
+    cfg = load_config(SMOKE, ["tokenizer_train.disc_weight=0.5", "tokenizer_train.disc_start=1",
+                              "tokenizer_train.max_steps=3"])
+    module = TokenizerModule(cfg)
+    disc_before = [p.detach().clone() for p in module.disc.parameters()]
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    _fit_fixed_batch(module, (x, torch.zeros(8, dtype=torch.long)), 3)
+    assert int(module.batches_done) == 3
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.disc.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_mvtm_module_lowers_loss_on_fixed_batch(ema):
+    torch.manual_seed(0)
+    cfg = load_config(SMOKE, ["transformer_train.max_steps=60", "transformer_train.lr=0.003",
+                              f"transformer_train.ema={ema}", "transformer_train.label_smoothing=0.0"])
+    cfg = fill_transformer_config(cfg, codebook_size=12, num_tokens=16, num_classes=3)
+    module = MVTMModule(cfg)
+    labels = torch.arange(24) % 3
+    # Learnable structure: each code is a function of the class and the position.
+    codes = (labels[:, None] * 5 + torch.arange(16)[None, :]) % 12
+
+    def loss():
+        m = module.model.eval()
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            mask = random_mask(24, 16, "cosine", gen)
+            logits = m(codes.masked_fill(mask, 12), labels)
+        return float(torch.nn.functional.cross_entropy(logits[mask], codes[mask]))
+
+    before = loss()
+    _fit_fixed_batch(module, (codes, labels), 60)
+    assert loss() < 0.7 * before
+    if ema:
+        diff = sum(float((a - b).abs().sum()) for a, b in zip(module.ema.parameters(), module.model.parameters(), strict=True))
+        assert diff > 0 and module.inference_model is module.ema

@@ -1,0 +1,184 @@
+import math
+
+import pytest
+import torch
+
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.sampler import DecodeConfig, decode, reveal_increments
+from maskgit_lab.schedules import gamma
+
+K, N, MASK = 16, 36, 16
+
+
+class FakeLogits:
+    """Deterministic logits from (position, label); records every call for inspection."""
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(11, N, K, generator=g) * 3
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def __call__(self, tokens, labels):
+        self.calls.append((tokens.clone(), None if labels is None else labels.clone()))
+        lab = torch.zeros(tokens.shape[0], dtype=torch.long) if labels is None else labels
+        return self.table[lab]
+
+
+def run(cfg, tokens=None, labels=None, seed=0, fn=None, history=True, null_label=10):
+    fn = fn or FakeLogits()
+    tokens = torch.full((4, N), MASK) if tokens is None else tokens
+    labels = torch.arange(tokens.shape[0]) % 10 if labels is None else labels
+    gen = torch.Generator().manual_seed(seed)
+    return decode(fn, tokens, MASK, cfg, gen, labels=labels, null_label=null_label, return_history=history)
+
+
+def official_counts(unknown0: int, steps: int, schedule: str) -> list[int]:
+    """Masked count after each step, straight from the official formula."""
+    out, cur = [], unknown0
+    for s in range(steps):
+        if s == steps - 1:
+            cur = 0
+        else:
+            target = math.floor(unknown0 * float(gamma(schedule, (s + 1) / steps, N)))
+            cur = max(1, min(cur - 1, target))
+        out.append(cur)
+    return out
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "exponential", "logarithmic", "square_root", "arccos"])
+@pytest.mark.parametrize("steps", [1, 2, 8, 12, N])
+def test_official_counts_and_full_decode(schedule, steps):
+    res = run(DecodeConfig(steps=steps, schedule=schedule))
+    assert not (res.tokens == MASK).any(), "no mask may be left after T steps"
+    assert res.tokens.min() >= 0 and res.tokens.max() < K
+    masked = (res.states == MASK).sum(dim=2)  # [T, B]
+    want = torch.tensor(official_counts(N, steps, schedule))
+    assert torch.equal(masked, want[:, None].expand_as(masked))
+
+
+@pytest.mark.parametrize("convention", ["official", "increments"])
+def test_each_position_revealed_once_and_kept(convention):
+    res = run(DecodeConfig(steps=8, schedule="cosine", mask_convention=convention))
+    states = res.states  # [T, B, N]
+    revealed_at = torch.full((4, N), -1)
+    prev = torch.full((4, N), MASK)
+    for t in range(states.shape[0]):
+        newly = (prev == MASK) & (states[t] != MASK)
+        assert torch.all(revealed_at[newly] == -1)
+        revealed_at[newly] = t
+        was_known = prev != MASK
+        # a revealed token never changes and is never re-masked
+        assert torch.equal(states[t][was_known], prev[was_known])
+        assert (newly.sum(1) >= 1).all(), "every step reveals at least one token"
+        prev = states[t]
+    assert (revealed_at >= 0).all()
+    assert torch.equal(states[-1], res.tokens)
+
+
+def test_increments_sum_and_shape():
+    for steps in (1, 3, 8, 20, N):
+        for schedule in ("arccos", "cosine", "linear", "logarithmic"):
+            inc = reveal_increments(schedule, steps, N, N)
+            assert sum(inc) == N and len(inc) == steps and min(inc) >= 1
+    res = run(DecodeConfig(steps=8, schedule="arccos", mask_convention="increments"))
+    masked = (res.states == MASK).sum(dim=2)[:, 0].tolist()
+    inc = reveal_increments("arccos", 8, N, N)
+    assert masked == [N - sum(inc[: s + 1]) for s in range(8)]
+
+
+def test_known_tokens_kept_partial_input():
+    tokens = torch.full((4, N), MASK)
+    known = torch.zeros(N, dtype=torch.bool)
+    known[: N // 2] = True
+    tokens[:, known] = torch.arange(N // 2) % K
+    res = run(DecodeConfig(steps=6), tokens=tokens)
+    assert torch.equal(res.tokens[:, known], tokens[:, known])
+    assert not (res.tokens == MASK).any()
+    # counts follow the formula with U0 = the number unknown at the start
+    masked = (res.states == MASK).sum(dim=2)[:, 0].tolist()
+    assert masked == official_counts(N // 2, 6, "cosine")
+
+
+def test_rows_with_different_unknown_counts():
+    tokens = torch.full((3, N), MASK)
+    tokens[1, :10] = 3
+    tokens[2, :] = 5  # nothing to decode
+    res = run(DecodeConfig(steps=4), tokens=tokens, labels=torch.tensor([0, 1, 2]))
+    assert not (res.tokens == MASK).any()
+    assert torch.equal(res.tokens[2], tokens[2])
+    assert torch.equal(res.tokens[1, :10], tokens[1, :10])
+
+
+def test_same_seed_same_output_and_seed_matters():
+    cfg = DecodeConfig(steps=8)
+    a, b, c = run(cfg, seed=1).tokens, run(cfg, seed=1).tokens, run(cfg, seed=2).tokens
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_global_rng_not_used():
+    cfg = DecodeConfig(steps=8)
+    torch.manual_seed(0)
+    a = run(cfg, seed=3).tokens
+    torch.manual_seed(12345)
+    b = run(cfg, seed=3).tokens
+    assert torch.equal(a, b)
+
+
+def test_guidance_zero_equals_unguided_and_skips_uncond_pass():
+    base = FakeLogits()
+    unguided = run(DecodeConfig(steps=8, guidance_weight=0.0), fn=base)
+    assert all(len(t) == 4 for t, _ in base.calls), "w = 0 must not run the unconditional pass"
+    plain = run(DecodeConfig(steps=8), fn=FakeLogits(), null_label=None)
+    assert torch.equal(unguided.tokens, plain.tokens)
+
+
+def test_guidance_formula():
+    fn = FakeLogits()
+    labels = torch.tensor([1, 2, 3, 4])
+    captured = {}
+
+    def spy(tokens, lab):
+        out = fn(tokens, lab)
+        captured.setdefault("first", (tokens.clone(), lab.clone()))
+        return out
+
+    # softmax_temperature 0 -> argmax, choice temperature 0 -> no noise: fully deterministic
+    cfg = DecodeConfig(steps=1, guidance_weight=2.0, guidance_ramp="constant",
+                       softmax_temperature=0.0, choice_temperature=0.0)
+    res = run(cfg, labels=labels, fn=spy)
+    toks, lab = captured["first"]
+    assert toks.shape[0] == 8 and torch.equal(lab[4:], torch.full((4,), 10))
+    guided = 3.0 * fn.table[labels] - 2.0 * fn.table[10]
+    assert torch.equal(res.tokens, guided.argmax(-1))
+
+
+def test_guidance_requires_null_label():
+    with pytest.raises(ConfigError, match="null class"):
+        run(DecodeConfig(steps=2, guidance_weight=1.0, guidance_ramp="constant"), null_label=None)
+
+
+def test_argmax_without_noise_is_most_confident_first():
+    cfg = DecodeConfig(steps=2, softmax_temperature=0.0, choice_temperature=0.0, schedule="linear")
+    fn = FakeLogits()
+    res = run(cfg, fn=fn, labels=torch.zeros(4, dtype=torch.long))
+    conf = torch.log_softmax(fn.table[0], -1).max(-1).values  # [N]
+    kept = res.states[0, 0] != MASK
+    # after step 1 of 2 with linear gamma, the N/2 most confident positions are kept
+    assert kept.sum() == N // 2
+    assert conf[kept].min() >= conf[~kept].max()
+
+
+@pytest.mark.parametrize("steps", [0, -1, N + 1])
+def test_impossible_steps(steps):
+    with pytest.raises(ConfigError, match=f"between 1 and N={N}"):
+        run(DecodeConfig(steps=steps))
+
+
+@pytest.mark.parametrize(
+    "field,value", [("choice_temperature", -1.0), ("softmax_temperature", -0.5), ("guidance_weight", -2.0),
+                    ("mask_convention", "weird"), ("schedule", "zigzag")]
+)
+def test_bad_settings(field, value):
+    with pytest.raises(ConfigError):
+        run(DecodeConfig(**{field: value}))
