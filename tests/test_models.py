@@ -66,11 +66,12 @@ def test_straight_through_gradient_and_dead_code_revival():
     (rec - x).pow(2).mean().backward()
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0, "gradient must pass the quantizer"
     quant = model.quantize
-    quant.usage.zero_()
-    quant.usage[:3] = 1.0
+    quant.window_counts.zero_()
+    quant.window_counts[:3] = 5.0
     before = quant.embedding.weight.detach().clone()
     n = quant.revive_dead_codes(torch.Generator().manual_seed(0))
     assert n == 29
+    assert float(quant.window_counts.sum()) == 0, "a new counting window starts"
     assert torch.equal(quant.embedding.weight[:3], before[:3])
     assert not torch.equal(quant.embedding.weight[3:], before[3:])
     # revived codes are copies of recent encoder outputs

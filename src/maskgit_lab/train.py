@@ -77,11 +77,7 @@ def _comparable(tree: dict, sections: tuple[str, ...]) -> dict:
 def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections: tuple[str, ...]) -> dict:
     """Return the saved payload if its settings match ``cfg``; else a clear error."""
     payload = load_checkpoint(path, kind)
-    saved, wanted = _comparable(payload["config"], sections), _comparable(to_dict(cfg), sections)
-    diff = [
-        f"{s}.{k}" for s in sections for k in sorted(set(saved[s]) | set(wanted[s]))
-        if saved[s].get(k) != wanted[s].get(k)
-    ]
+    diff = _settings_diff(payload["config"], cfg, sections)
     if diff:
         raise ConfigError(
             f"{path} was trained with other settings ({', '.join(diff[:6])}); pass --force to retrain "
@@ -123,9 +119,33 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
     )
 
 
-def _last_ckpt(stage_dir: Path) -> str | None:
+# Settings a resumed run may change: extending or shortening training is legitimate.
+RESUMABLE_CHANGES = ("max_steps", "val_every")
+
+
+def _settings_diff(saved: dict, cfg: ExperimentConfig, sections: tuple[str, ...], ignore=()) -> list[str]:
+    a, b = _comparable(saved, sections), _comparable(to_dict(cfg), sections)
+    return [
+        f"{s}.{k}" for s in sections for k in sorted(set(a[s]) | set(b[s]))
+        if a[s].get(k) != b[s].get(k) and k not in ignore
+    ]
+
+
+def _last_ckpt(stage_dir: Path, cfg: ExperimentConfig, sections: tuple[str, ...]) -> str | None:
+    """The run's last Lightning checkpoint to resume from, if it was made with these settings."""
     p = stage_dir / "lightning" / "last.ckpt"
-    return str(p) if p.is_file() else None
+    if not p.is_file():
+        return None
+    # The project's own file (Lightning pickles its loop state), hence weights_only=False.
+    saved = torch.load(p, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config")
+    diff = _settings_diff(saved, cfg, sections, RESUMABLE_CHANGES) if saved else ["(no config)"]
+    if diff:
+        raise ConfigError(
+            f"cannot resume {p}: it was made with other settings ({', '.join(diff[:6])}); "
+            "pass --force to start over"
+        )
+    print(f"resuming from {p}")
+    return str(p)
 
 
 def _finish(stage_dir: Path, logger, metrics: dict) -> None:
@@ -165,7 +185,7 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
     # Manual optimization: the module stops itself after max_steps batches.
     trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches)
     start = time.time()
-    trainer.fit(module, dm, ckpt_path=_last_ckpt(d))
+    trainer.fit(module, dm, ckpt_path=_last_ckpt(d, cfg, TOKENIZER_SECTIONS))
     seconds = time.time() - start
     model = module.model.cpu().eval()
     metrics = evaluate_reconstruction(model, dm.dataset("test"))
@@ -235,7 +255,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches)
     trainer.gradient_clip_val = t.grad_clip or None
     start = time.time()
-    trainer.fit(module, tdm, ckpt_path=_last_ckpt(d))
+    trainer.fit(module, tdm, ckpt_path=_last_ckpt(d, cfg, TRANSFORMER_SECTIONS))
     seconds = time.time() - start
     final = trainer.validate(module, tdm, verbose=False)[0]
     metrics = {
@@ -259,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even if a model file exists")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. transformer_train.max_steps=500")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     torch.set_float32_matmul_precision("high")
     log = not args.no_mlflow

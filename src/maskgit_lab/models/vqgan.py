@@ -218,8 +218,8 @@ class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook lookup with a straight-through estimator.
 
     loss = ||sg(z) - e||^2 + commitment * ||z - sg(e)||^2.
-    Dead codes (unused over a running window) can be re-seeded from encoder outputs
-    with ``revive_dead_codes`` so the whole codebook gets used.
+    Dead codes (no hits since the last revival) are re-seeded from recent encoder outputs
+    by ``revive_dead_codes``, so the whole codebook gets used.
     """
 
     def __init__(self, codebook_size: int, dim: int, commitment: float = 0.25) -> None:
@@ -229,8 +229,8 @@ class VectorQuantizer(nn.Module):
         self.commitment = commitment
         self.embedding = nn.Embedding(codebook_size, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        # Running usage, for reviving dead codes; a buffer so it follows the checkpoint.
-        self.register_buffer("usage", torch.ones(codebook_size), persistent=True)
+        # Hits per code since the last revival; a buffer so a resumed run keeps counting.
+        self.register_buffer("window_counts", torch.zeros(codebook_size), persistent=True)
 
     def nearest(self, flat: Tensor) -> Tensor:
         """[M, D] -> [M] index of the nearest code in L2."""
@@ -248,7 +248,7 @@ class VectorQuantizer(nn.Module):
         z_q = e_st.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
         counts = torch.bincount(idx, minlength=self.codebook_size).float()
         if self.training:
-            self.usage.mul_(0.99).add_(counts, alpha=0.01)
+            self.window_counts += counts
             self._last_flat = flat.detach()
         return QuantizerOutput(z_q=z_q, codes=idx.reshape(b, h, w), loss=loss, counts=counts)
 
@@ -257,20 +257,21 @@ class VectorQuantizer(nn.Module):
         return self.embedding(codes).permute(0, 3, 1, 2).contiguous()
 
     @torch.no_grad()
-    def revive_dead_codes(self, generator: torch.Generator | None = None, threshold: float = 1e-3) -> int:
-        """Re-seed codes whose running usage fell below ``threshold`` with recent encoder outputs.
+    def revive_dead_codes(self, generator: torch.Generator | None = None, min_hits: float = 1.0) -> int:
+        """Re-seed codes with fewer than ``min_hits`` hits since the last call with encoder
+        outputs of the latest training batch, then start a new counting window.
 
         Returns the number of codes revived.
         """
         flat = getattr(self, "_last_flat", None)
         if flat is None:
             return 0
-        dead = (self.usage < threshold).nonzero().flatten()
+        dead = (self.window_counts < min_hits).nonzero().flatten()
+        self.window_counts.zero_()
         if dead.numel() == 0:
             return 0
         pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator, device="cpu")
         self.embedding.weight.data[dead] = flat[pick.to(flat.device)]
-        self.usage[dead] = 1.0
         return int(dead.numel())
 
 

@@ -1,0 +1,160 @@
+"""End to end through the user-facing commands, on the smoke preset and fixture data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from maskgit_lab import sample, train
+from maskgit_lab.checkpoints import load_checkpoint
+from maskgit_lab.data import fmnist
+
+SMOKE = "experiments/fmnist_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(fmnist_dir, tmp_path_factory):
+    """Train both smoke stages once (with MLflow logging) for the tests of this module."""
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}"]
+    assert train.main(["all", "--config", SMOKE, *overrides]) == 0
+    return overrides, runs / "fmnist_smoke"
+
+
+def test_train_writes_model_files_with_config(trained):
+    _, root = trained
+    tok = load_checkpoint(root / "tokenizer" / "tokenizer.pt", "tokenizer")
+    tr = load_checkpoint(root / "transformer-cosine" / "transformer.pt", "transformer")
+    assert tok["config"]["tokenizer"]["codebook_size"] == 64
+    assert tr["config"]["transformer"]["num_tokens"] == 64 and tr["config"]["transformer"]["num_classes"] == 10
+    assert tr["meta"]["tokenizer_sha"] and tr["meta"]["git_commit"]
+    metrics = json.loads((root / "tokenizer" / "metrics.json").read_text())
+    assert 0 < metrics["code_usage"] <= 1 and metrics["psnr"] > 0 and metrics["num_images"] == 120
+    assert (root / "transformer-cosine" / "lightning" / "last.ckpt").is_file()
+    assert list((root / "tokens").glob("tokens-*.pt")), "token cache written"
+
+
+def test_mlflow_has_both_training_runs(trained):
+    import mlflow
+
+    _, root = trained
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root.parent / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fmnist_smoke")
+    runs = client.search_runs([exp.experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {"tokenizer", "transformer-cosine"} <= names
+    tr = next(r for r in runs if r.info.run_name == "transformer-cosine")
+    assert "final/val_loss" in tr.data.metrics and tr.data.params["transformer_train.schedule"] == "cosine"
+
+
+def test_second_run_reuses_and_changed_settings_refuse(trained, capsys):
+    overrides, root = trained
+    before = (root / "transformer-cosine" / "transformer.pt").stat().st_mtime_ns
+    assert train.main(["all", "--config", SMOKE, "--no-mlflow", *overrides]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert (root / "transformer-cosine" / "transformer.pt").stat().st_mtime_ns == before
+    with pytest.raises(SystemExit) as exc:
+        train.main(["tokenizer", "--config", SMOKE, "--no-mlflow", *overrides, "tokenizer_train.lr=0.1"])
+    assert exc.value.code == 2
+    assert "tokenizer_train.lr" in capsys.readouterr().err
+
+
+def test_sample_grid_and_process(trained, tmp_path):
+    overrides, root = trained
+    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    out, proc = tmp_path / "grid.png", tmp_path / "proc.png"
+    args = ["--checkpoint", ckpt, "--per-class", "2", "--out", str(out), "--process", str(proc)]
+    assert sample.main([*args, "--schedule", "linear", "--steps", "5", "--seed", "3"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and proc.stat().st_size > 0
+
+
+def test_generation_is_deterministic_and_schedule_matters(trained):
+    from maskgit_lab.checkpoints import load_tokenizer, load_transformer
+    from maskgit_lab.generate import generate_images
+    from maskgit_lab.sampler import DecodeConfig
+
+    _, root = trained
+    tr, cfg, meta = load_transformer(root / "transformer-cosine" / "transformer.pt")
+    tok, _, _ = load_tokenizer(meta["tokenizer_file"])
+    labels = torch.arange(10)
+    a = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
+    b = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
+    c = generate_images(tr, tok, labels, DecodeConfig(steps=4, schedule="logarithmic"), seed=0, batch_size=4)
+    assert a.shape == (10, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path):
+    _, root = trained
+    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    out = tmp_path / "never.png"
+    cases = [
+        (["--checkpoint", ckpt, "--schedule", "spiral"], "valid schedules: exponential"),
+        (["--checkpoint", ckpt, "--steps", "0"], "between 1 and N=64"),
+        (["--checkpoint", ckpt, "--steps", "65"], "between 1 and N=64"),
+        (["--checkpoint", ckpt, "--gumbel-temperature", "-1"], "choice_temperature must be >= 0"),
+        (["--checkpoint", str(root / "tokenizer" / "tokenizer.pt")], "wrong checkpoint"),
+        (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
+    ]
+    for args, message in cases:
+        r = run_cli("maskgit_lab.sample", *args, "--out", str(out))
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+        assert not out.exists()
+
+
+def test_guidance_refused_without_class_dropout(fmnist_dir, tmp_path, capsys):
+    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path}",
+                 "transformer_train.class_dropout=0.0", "tokenizer_train.max_steps=2",
+                 "transformer_train.max_steps=2"]
+    assert train.main(["all", "--config", SMOKE, "--no-mlflow", *overrides]) == 0
+    ckpt = tmp_path / "fmnist_smoke" / "transformer-cosine" / "transformer.pt"
+    with pytest.raises(SystemExit) as exc:
+        sample.main(["--checkpoint", str(ckpt), "--cfg-weight", "2", "--out", str(tmp_path / "g.png")])
+    assert exc.value.code == 2 and "class dropout" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_missing_dataset_says_three_ways(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fmnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.delenv(fmnist.ENV_VAR, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["tokenizer", "--config", SMOKE, "--no-mlflow", f"data.root={tmp_path / 'empty'}",
+                    f"runs_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "apt-get install dataset-fashion-mnist" in err and "data.download=true" in err and "MASKGIT_FMNIST_DIR" in err
+    assert not (tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt").exists()
+
+
+def test_malformed_config_and_unknown_override(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokenizer: {ch: [1, 2\n")
+    for args in (["tokenizer", "--config", str(bad)], ["tokenizer", "--config", SMOKE, "tokenizer.chanels=3"]):
+        with pytest.raises(SystemExit) as exc:
+            train.main(args)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not valid YAML" in err[0] and "unknown key tokenizer.chanels; valid keys:" in err[1]
+
+
+def test_resume_from_last_checkpoint(fmnist_dir, tmp_path):
+    """An interrupted transformer run continues from last.ckpt to max_steps, not from scratch."""
+    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path}", "--no-mlflow"]
+    assert train.main(["all", "--config", SMOKE, *overrides, "transformer_train.max_steps=8"]) == 0
+    d = tmp_path / "fmnist_smoke" / "transformer-cosine"
+    # Simulate an interruption: keep the Lightning checkpoint at step 8, drop the final model file.
+    (d / "transformer.pt").unlink()
+    assert train.main(["transformer", "--config", SMOKE, *overrides, "transformer_train.max_steps=12"]) == 0
+    meta = load_checkpoint(d / "transformer.pt", "transformer")["meta"]
+    assert meta["metrics"]["steps"] == 12
+    ck = torch.load(d / "lightning" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 12
