@@ -63,6 +63,7 @@ class TokenizerTrainConfig:
     revive_every: int = 50  # steps between dead-code revivals (0 disables)
     val_every: int = 200
     seed: int = 0
+    precision: str = ""  # Lightning precision for this stage; empty: the experiment's
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TransformerTrainConfig:
     loss_on: str = "masked"  # masked | all
     val_every: int = 250
     seed: int = 0
+    precision: str = ""  # Lightning precision for this stage; empty: the experiment's
 
 
 @dataclass

@@ -86,7 +86,8 @@ def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections:
     return payload
 
 
-def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val_every: int, n_batches: int):
+def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val_every: int, n_batches: int,
+             precision: str = ""):
     import lightning as L
     from lightning.pytorch.callbacks import (
         LearningRateMonitor,
@@ -105,7 +106,7 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        precision=cfg.precision,
+        precision=precision or cfg.precision,
         max_steps=max_steps,
         max_epochs=-1,
         val_check_interval=max(1, min(val_every, n_batches)),
@@ -183,7 +184,7 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
     n_batches = len(dm.dataset("train")) // t.batch_size
     logger = mlflow_logger_or_none(cfg, "tokenizer", log)
     # Manual optimization: the module stops itself after max_steps batches.
-    trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches)
+    trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches, t.precision)
     start = time.time()
     trainer.fit(module, dm, ckpt_path=_last_ckpt(d, cfg, TOKENIZER_SECTIONS))
     seconds = time.time() - start
@@ -252,7 +253,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     module = MVTMModule(cfg)
     logger = mlflow_logger_or_none(cfg, f"transformer-{t.schedule}", log)
     n_batches = len(tdm.dataset("train")) // t.batch_size
-    trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches)
+    trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches, t.precision)
     trainer.gradient_clip_val = t.grad_clip or None
     start = time.time()
     trainer.fit(module, tdm, ckpt_path=_last_ckpt(d, cfg, TRANSFORMER_SECTIONS))

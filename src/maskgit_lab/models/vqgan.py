@@ -239,6 +239,12 @@ class VectorQuantizer(nn.Module):
         return d.argmin(dim=1)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
+        # The lookup always runs in fp32: under bf16 autocast nearest-code distances
+        # would round and pick other codes than the fp32 model.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: Tensor) -> QuantizerOutput:
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         idx = self.nearest(flat)
