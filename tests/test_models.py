@@ -208,5 +208,5 @@ def test_mvtm_module_lowers_loss_on_fixed_batch(ema):
     _fit_fixed_batch(module, (codes, labels), 60)
     assert loss() < 0.7 * before
     if ema:
-        diff = sum(float((a - b).abs().sum()) for a, b in zip(module.ema.parameters(), module.model.parameters(), strict=True))
+        diff = sum(float((a - b).detach().abs().sum()) for a, b in zip(module.ema.parameters(), module.model.parameters(), strict=True))
         assert diff > 0 and module.inference_model is module.ema

@@ -26,7 +26,8 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            one_line = " ".join(str(exc).split())
+            print(f"error: {one_line}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from maskgit_lab.sampler import DecodeConfig, DecodeResult, decode
 Tensor = torch.Tensor
 
 
-def check_guidance(transformer: MaskGITTransformer, train_class_dropout: float, config: DecodeConfig) -> None:
+def check_guidance(train_class_dropout: float, config: DecodeConfig) -> None:
     """Guidance needs an unconditional model: refuse it for one trained without class dropout."""
     from maskgit_lab.errors import ConfigError
 

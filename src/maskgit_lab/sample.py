@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     transformer, tok, cfg, meta = load_models(args.checkpoint, args.tokenizer, args.device)
     dcfg = decode_config_from_args(cfg.sampling, args, transformer.cfg.num_tokens)
-    check_guidance(transformer, cfg.transformer_train.class_dropout, dcfg)
+    check_guidance(cfg.transformer_train.class_dropout, dcfg)
     names = class_names(cfg, transformer.cfg.num_classes)
 
     labels = torch.arange(transformer.cfg.num_classes).repeat_interleave(args.per_class)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -102,7 +102,6 @@ class DecodeResult:
     tokens: Tensor
     states: Tensor | None = None
     predictions: Tensor | None = None
-    masked_counts: list[Tensor] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -204,7 +203,7 @@ def decode(
         # floor(U0 * gamma) per row and step, computed in float64 to avoid off-by-one.
         remaining = torch.floor(unknown0.double()[:, None] * frac[None, :]).long()  # [B, T]
 
-    states, preds, counts = [], [], []
+    states, preds = [], []
     for s in range(steps):
         unknown_map = cur == mask_id  # [B, N]
         n_unknown = unknown_map.sum(dim=1)
@@ -251,7 +250,6 @@ def decode(
             rank_masked = torch.arange(n_tok, device=device)[None, :] < n_mask[:, None]
             remask = torch.zeros_like(unknown_map).scatter(1, order, rank_masked)
             cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
-        counts.append(n_mask)
         if return_history:
             states.append(cur.clone())
             preds.append(sampled.clone())
@@ -260,27 +258,5 @@ def decode(
         tokens=cur,
         states=torch.stack(states) if return_history else None,
         predictions=torch.stack(preds) if return_history else None,
-        masked_counts=counts,
     )
 
-
-def expected_masked_counts(config: DecodeConfig, unknown: int, num_tokens: int) -> list[int]:
-    """Tokens still masked after each step for a row that starts with ``unknown`` masked.
-
-    Mirrors the decoder's bookkeeping (used by tests, notebooks and plots of the
-    number of tokens revealed per step); the last entry is always 0.
-    """
-    cfg = config.validated(num_tokens)
-    out, cur = [], unknown
-    incs = reveal_increments(cfg.schedule, cfg.steps, unknown, num_tokens)
-    for s in range(cfg.steps):
-        if s == cfg.steps - 1:
-            cur = 0
-        elif cfg.mask_convention == "increments":
-            cur = cur - incs[s]
-        else:
-            frac = float(gamma(cfg.schedule, (s + 1) / cfg.steps, num_tokens))
-            target = int(torch.floor(torch.tensor(unknown * frac, dtype=torch.float64)))
-            cur = min(cur, max(1, min(cur - 1, target)))
-        out.append(cur)
-    return out

@@ -237,6 +237,8 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     d = paths.transformer_dir
     if paths.transformer_file.is_file() and not force:
         payload = _check_same_settings(paths.transformer_file, "transformer", cfg, TRANSFORMER_SECTIONS)
+        if not paths.tokenizer_file.is_file():
+            raise ConfigError(f"{paths.transformer_file} exists but its tokenizer {paths.tokenizer_file} is missing")
         if payload["meta"].get("tokenizer_sha") != tokenizer_identity(paths.tokenizer_file):
             raise ConfigError(f"{paths.transformer_file} was trained on another tokenizer; pass --force to retrain")
         print(f"transformer: reusing {paths.transformer_file}")
