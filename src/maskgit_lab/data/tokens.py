@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -42,7 +43,9 @@ def encode_split(tokenizer, dataset, batch_size: int = 256, desc: str = "") -> t
     dtype = torch.int16 if tokenizer.cfg.codebook_size <= torch.iinfo(torch.int16).max else torch.int32
     codes, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc=f"tokenize {desc}", leave=False, dynamic_ncols=True):
+    # On a terminal the bar redraws in place; in a log file it writes a line every 10 s.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    for x, y in tqdm(loader, desc=f"tokenize {desc}", mininterval=interval, dynamic_ncols=True):
         codes.append(tokenizer.encode(x.to(device)).to("cpu", dtype))
         labels.append(torch.as_tensor(y).long())
     return torch.cat(codes), torch.cat(labels)
