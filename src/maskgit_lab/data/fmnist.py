@@ -14,13 +14,13 @@ import os
 import struct
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from maskgit_lab.config import DataConfig
+from maskgit_lab.data.base import SplitDataModule
 from maskgit_lab.errors import ConfigError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -115,7 +115,7 @@ def _limit(t: torch.Tensor, n: int) -> torch.Tensor:
     return t[:n] if n else t
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(SplitDataModule):
     """Batches of (images [B, 1, S, S] in [-1, 1], labels [B]); S = data.image_size."""
 
     num_classes = 10
@@ -123,9 +123,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
     class_names = CLASS_NAMES
 
     def __init__(self, cfg: DataConfig, batch_size: int = 64) -> None:
-        super().__init__()
+        super().__init__(batch_size, cfg.num_workers)
         self.cfg = cfg
-        self.batch_size = batch_size
         self.folder = find_fmnist(cfg)  # fail early, before any training starts
         self._splits: dict[str, TensorDataset] = {}
 
@@ -146,18 +145,3 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> TensorDataset:
         self.setup()
         return self._splits[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.cfg.num_workers, drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

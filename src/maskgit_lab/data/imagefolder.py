@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
 
 from maskgit_lab.config import DataConfig
+from maskgit_lab.data.base import SplitDataModule
 from maskgit_lab.errors import ConfigError
 
 
@@ -26,15 +26,14 @@ def _transforms(size: int, train: bool, hflip: bool):
     return T.Compose(ops)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Batches of (images [B, 3, S, S] in [-1, 1], labels [B]) from an ImageFolder tree."""
 
     in_channels = 3
 
     def __init__(self, cfg: DataConfig, batch_size: int = 64) -> None:
-        super().__init__()
+        super().__init__(batch_size, cfg.num_workers)
         self.cfg = cfg
-        self.batch_size = batch_size
         root = Path(cfg.root)
         if not cfg.root or not (root / "train").is_dir():
             raise ConfigError(
@@ -76,22 +75,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         if split == "test":
             split = "val"  # ImageNet practice: the val split is the evaluation set
         return self._splits[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.cfg.num_workers, drop_last=shuffle,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def build_image_datamodule(cfg: DataConfig, batch_size: int) -> L.LightningDataModule:

@@ -108,12 +108,23 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """One resolution level: residual blocks, optional attention, optional resampling."""
+    """One resolution level: residual blocks, each followed by attention where configured,
+    then an optional ``downsample`` / ``upsample`` (set by the encoder / decoder)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
+
+    def forward(self, h: Tensor) -> Tensor:
+        for j, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[j](h)
+        for name in ("downsample", "upsample"):
+            if hasattr(self, name):
+                h = getattr(self, name)(h)
+        return h
 
 
 class _Mid(nn.Module):
@@ -154,12 +165,7 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+            h = level(h)
         h = self.mid(h)
         return self.conv_out(swish(self.norm_out(h)))
 
@@ -193,12 +199,7 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = level(h)
         return self.conv_out(swish(self.norm_out(h)))
 
     @property
