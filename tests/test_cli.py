@@ -48,6 +48,8 @@ def test_mlflow_has_both_training_runs(trained):
     assert {"tokenizer", "transformer-cosine"} <= names
     tr = next(r for r in runs if r.info.run_name == "transformer-cosine")
     assert "final/val_loss" in tr.data.metrics and tr.data.params["transformer_train.schedule"] == "cosine"
+    artifacts = {a.path for a in client.list_artifacts(tr.info.run_id)}
+    assert {"config.yaml", "metrics.json"} <= artifacts
 
 
 def test_second_run_reuses_and_changed_settings_refuse(trained, capsys):
@@ -158,3 +160,15 @@ def test_resume_from_last_checkpoint(fmnist_dir, tmp_path):
     assert meta["metrics"]["steps"] == 12
     ck = torch.load(d / "lightning" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 12
+
+
+def test_settings_check_resolves_presets():
+    """A config that names a preset (sizes left at 0) matches the model file it trained."""
+    from maskgit_lab.config import load_config, to_dict
+
+    cfg = load_config("experiments/fmnist.yaml")
+    assert cfg.transformer.dim == 0  # sizes come from the preset
+    saved = to_dict(train.fill_transformer_config(cfg, 256, 64, 10))
+    assert train._settings_diff(saved, cfg, train.TRANSFORMER_SECTIONS) == []
+    other = load_config("experiments/fmnist.yaml", ["transformer.depth=6"])
+    assert train._settings_diff(saved, other, train.TRANSFORMER_SECTIONS) == ["transformer.depth"]

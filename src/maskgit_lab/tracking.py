@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
+
 from maskgit_lab.config import ExperimentConfig, to_dict
 
 # Nothing phones home: set before mlflow (or dvc) is imported anywhere in the process.
@@ -41,4 +43,5 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
         tags=tags,
     )
     logger.log_hyperparams(flatten(to_dict(cfg)))
+    logger.experiment.log_text(logger.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
     return logger

@@ -125,6 +125,8 @@ RESUMABLE_CHANGES = ("max_steps", "val_every")
 
 
 def _settings_diff(saved: dict, cfg: ExperimentConfig, sections: tuple[str, ...], ignore=()) -> list[str]:
+    """Keys of ``sections`` whose saved value differs from ``cfg``'s (preset sizes resolved)."""
+    cfg = replace(cfg, transformer=cfg.transformer.resolved())
     a, b = _comparable(saved, sections), _comparable(to_dict(cfg), sections)
     return [
         f"{s}.{k}" for s in sections for k in sorted(set(a[s]) | set(b[s]))
