@@ -172,3 +172,28 @@ def test_settings_check_resolves_presets():
     assert train._settings_diff(saved, cfg, train.TRANSFORMER_SECTIONS) == []
     other = load_config("experiments/fmnist.yaml", ["transformer.depth=6"])
     assert train._settings_diff(saved, other, train.TRANSFORMER_SECTIONS) == ["transformer.depth"]
+
+
+@pytest.mark.parametrize("source", ["samples", "reconstructions", "train"])
+def test_evaluate_sources(trained, tmp_path, source):
+    from maskgit_lab import evaluate
+
+    overrides, root = trained
+    cfg_file = tmp_path / "smoke.yaml"
+    # the evaluate command reads its data and runs folder from the config file
+    import yaml
+
+    cfg = yaml.safe_load(open(SMOKE))
+    cfg["data"].update(root=overrides[0].split("=", 1)[1], val_size=100)
+    cfg["runs_dir"] = str(root.parent)
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / f"{source}.json"
+    assert evaluate.main(["--config", str(cfg_file), "--source", source, "--n", "60", "--batch-size", "25",
+                          "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    m = result["metrics"]
+    assert result["n_generated"] == 60 and result["n_reference"] == 60 and result["extractor"] == "fmnist-evaluator"
+    assert m["frechet_inception_distance"] >= 0 and 0 <= m["precision"] <= 1
+    if source == "samples":
+        assert 0 <= m["class_consistency"] <= 1 and result["decode"]["steps"] == 4
+    assert list((root / "reference").glob("reference-*.pt")), "reference features cached"

@@ -87,6 +87,17 @@ class TransformerTrainConfig:
 
 
 @dataclass
+class EvaluatorConfig:
+    """The Fashion-MNIST evaluator classifier (feature extractor for the fast metrics)."""
+
+    max_steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 32
+    feature_dim: int = 128
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "fmnist"
     runs_dir: str = "runs"
@@ -100,6 +111,7 @@ class ExperimentConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     transformer_train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     sampling: DecodeConfig = field(default_factory=DecodeConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,0 +1,143 @@
+"""The Fashion-MNIST evaluator: a small CNN classifier whose penultimate features serve
+FID / KID / precision / recall and whose logits serve IS and class consistency.
+
+It is the fast default for sweeps on CPU; the standard Inception is for final rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskgit_lab.config import ExperimentConfig, to_dict
+from maskgit_lab.errors import ConfigError
+from maskgit_lab.io import atomic_write, file_sha256
+
+Tensor = torch.Tensor
+EVALUATOR_FORMAT = "maskgit_lab/evaluator/1"
+
+
+class FMNISTClassifier(nn.Module):
+    """[B, 1, 32, 32] in [-1, 1] -> (features [B, feature_dim], logits [B, num_classes])."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.num_classes, self.width, self.feature_dim = num_classes, width, feature_dim
+        w = width
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        # 32 -> 16 -> 8 -> 4 pixels; BatchNorm runs on running statistics in eval mode,
+        # so features do not depend on how images are batched.
+        self.body = nn.Sequential(
+            *block(1, w), *block(w, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(4 * w * 16, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.body(x)
+        return f, self.head(f)
+
+
+class EvaluatorModule(L.LightningModule):
+    """Cross-entropy training of the evaluator with Adam; logs accuracy."""
+
+    def __init__(self, lr: float = 2e-3, max_steps: int = 1000, width: int = 32, feature_dim: int = 128) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = FMNISTClassifier(width=width, feature_dim=feature_dim)
+
+    def _step(self, batch, name: str) -> Tensor:
+        x, y = batch
+        _, logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({f"{name}/loss": loss, f"{name}/acc": acc}, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=self.hparams.max_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@torch.inference_mode()
+def accuracy(net: FMNISTClassifier, dataset, batch_size: int = 500) -> tuple[float, float]:
+    """(top-1, top-5) accuracy of ``net`` on a dataset of (image, label)."""
+    from torch.utils.data import DataLoader
+
+    net.eval()
+    top1 = top5 = n = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        _, logits = net(x)
+        top = logits.topk(5, dim=1).indices
+        top1 += int((top[:, 0] == y).sum())
+        top5 += int((top == y[:, None]).any(1).sum())
+        n += len(y)
+    return top1 / n, top5 / n
+
+
+def evaluator_path(cfg: ExperimentConfig) -> Path:
+    return cfg.run_dir / "evaluator" / "evaluator.pt"
+
+
+def train_evaluator(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Train the evaluator on the train split (once; cached) and record its test accuracy."""
+    from maskgit_lab.data.fmnist import FashionMNISTDataModule
+
+    path = evaluator_path(cfg)
+    if path.is_file() and not force:
+        return path
+    if cfg.data.name != "fmnist":
+        raise ConfigError(f"the fmnist evaluator needs data.name=fmnist, not {cfg.data.name!r}; use the inception extractor")
+    e = cfg.evaluator
+    L.seed_everything(0, verbose=False)
+    dm = FashionMNISTDataModule(cfg.data, e.batch_size)
+    module = EvaluatorModule(lr=e.lr, max_steps=e.max_steps, width=e.width, feature_dim=e.feature_dim)
+    trainer = L.Trainer(max_steps=e.max_steps, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        devices=1, num_sanity_val_steps=0, enable_model_summary=False, val_check_interval=None,
+                        check_val_every_n_epoch=1)
+    start = time.time()
+    trainer.fit(module, dm)
+    seconds = time.time() - start
+    top1, top5 = accuracy(module.net, dm.dataset("test"))
+    payload = {
+        "format": EVALUATOR_FORMAT,
+        "state_dict": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
+        "arch": {"num_classes": 10, "width": e.width, "feature_dim": e.feature_dim},
+        "meta": {"test_top1": top1, "test_top5": top5, "train_seconds": round(seconds, 1), "steps": e.max_steps,
+                 "data": to_dict(cfg.data)},
+    }
+    atomic_write(path, lambda p: torch.save(payload, p))
+    print(f"evaluator: test accuracy {top1:.2%} (top-5 {top5:.2%}), {seconds:.0f} s -> {path}")
+    return path
+
+
+def load_evaluator(path: str | Path) -> tuple[FMNISTClassifier, dict, str]:
+    """-> (classifier in eval mode, meta, content hash) from an evaluator file (weights_only=True)."""
+    from maskgit_lab.checkpoints import load_state_strict
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"evaluator {str(p)!r} not found; train it with `python -m maskgit_lab.evaluate --train-evaluator`")
+    payload = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != EVALUATOR_FORMAT:
+        raise ConfigError(f"wrong checkpoint: {p} is not a maskgit_lab evaluator file")
+    net = FMNISTClassifier(**payload["arch"])
+    load_state_strict(net, payload["state_dict"], str(p))
+    return net.eval(), payload["meta"], file_sha256(p)
