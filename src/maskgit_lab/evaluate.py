@@ -28,6 +28,7 @@ from maskgit_lab.eval.metrics import (
     CLASS_CONSISTENCY,
     EXTRACTORS,
     METRIC_KEYS,
+    batches,
     build_extractor,
     cached_reference,
     compute_metrics,
@@ -40,14 +41,13 @@ PREPROCESSING = "fmnist-pad32-[-1,1]"
 
 
 def _image_batches(dataset, n: int, batch_size: int) -> Iterator[torch.Tensor]:
-    x = dataset.tensors[0][:n]
-    yield from x.split(batch_size)
+    return batches(dataset.tensors[0][:n], batch_size)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     from maskgit_lab.data.fmnist import FashionMNISTDataModule
-    from maskgit_lab.generate import check_guidance, codes_to_images, generate_codes
+    from maskgit_lab.generate import check_guidance, iter_images
     from maskgit_lab.sample import add_decode_arguments, decode_config_from_args, load_models
     from maskgit_lab.train import run_paths
 
@@ -94,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             dcfg = decode_config_from_args(tcfg.sampling, args, transformer.cfg.num_tokens)
             check_guidance(tcfg.transformer_train.class_dropout, dcfg)
             labels = torch.arange(args.n) % transformer.cfg.num_classes
-            gen = torch.Generator().manual_seed(args.seed)
-
-            def sample_batches() -> Iterator[torch.Tensor]:
-                for chunk in labels.split(args.batch_size):
-                    yield codes_to_images(tok, generate_codes(transformer, chunk, dcfg, gen).tokens)
-
-            generated = ext(sample_batches())
+            generated = ext(iter_images(transformer, tok, labels, dcfg, args.seed, args.batch_size))
             decode_info = {"decode": dcfg.__dict__, "checkpoint": ckpt, "git_commit": meta.get("git_commit")}
     seconds = time.time() - start
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from maskgit_lab.models.transformer import MaskGITTransformer
@@ -49,7 +51,29 @@ def codes_to_images(tokenizer: VQGAN, codes: Tensor) -> Tensor:
     return tokenizer.decode(codes.reshape(codes.shape[0], side, side))
 
 
-@torch.inference_mode()
+def iter_images(
+    transformer: MaskGITTransformer,
+    tokenizer: VQGAN,
+    labels: Tensor,
+    config: DecodeConfig,
+    seed: int,
+    batch_size: int = 256,
+) -> Iterator[Tensor]:
+    """Yield image batches [b, C, H, W] in [-1, 1] (on CPU) for class ``labels`` [B], from one seed.
+
+    A single generator seeded with ``seed`` is consumed batch after batch, so the output
+    depends on ``seed`` and ``batch_size`` only, never on global random state. Streaming
+    lets evaluation consume samples without holding them all.
+    """
+    device = next(transformer.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for chunk in labels.split(batch_size):
+        with torch.inference_mode():  # closed before yielding: the mode must not leak to the consumer
+            codes = generate_codes(transformer, chunk.to(device), config, gen).tokens
+            images = codes_to_images(tokenizer, codes).cpu()
+        yield images
+
+
 def generate_images(
     transformer: MaskGITTransformer,
     tokenizer: VQGAN,
@@ -58,15 +82,5 @@ def generate_images(
     seed: int,
     batch_size: int = 256,
 ) -> Tensor:
-    """Images [B, C, H, W] in [-1, 1] for class ``labels`` [B], in batches, from one seed.
-
-    A single generator seeded with ``seed`` is consumed batch after batch, so the output
-    depends on ``seed`` and ``batch_size`` only, never on global random state.
-    """
-    device = next(transformer.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for chunk in labels.split(batch_size):
-        codes = generate_codes(transformer, chunk.to(device), config, gen).tokens
-        out.append(codes_to_images(tokenizer, codes).cpu())
-    return torch.cat(out)
+    """All images of ``iter_images`` as one tensor [B, C, H, W]."""
+    return torch.cat(list(iter_images(transformer, tokenizer, labels, config, seed, batch_size)))

@@ -247,9 +247,8 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
         return payload["meta"]["metrics"]
     if force and d.exists():
         shutil.rmtree(d)
-    cache_file = tokenize(cfg)
-    sha = tokenizer_identity(paths.tokenizer_file)
-    cache = load_token_cache(cache_file, sha)
+    cache = load_token_cache(tokenize(cfg))
+    sha = cache["tokenizer_sha"]  # the cache file is named by this hash, checked in tokenize()
     t = cfg.transformer_train
     tdm = TokenDataModule(cache, t.batch_size)
     cfg = fill_transformer_config(cfg, tdm.codebook_size, tdm.num_tokens, tdm.num_classes)
