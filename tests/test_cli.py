@@ -179,21 +179,33 @@ def test_evaluate_sources(trained, tmp_path, source):
     from maskgit_lab import evaluate
 
     overrides, root = trained
-    cfg_file = tmp_path / "smoke.yaml"
-    # the evaluate command reads its data and runs folder from the config file
-    import yaml
-
-    cfg = yaml.safe_load(open(SMOKE))
-    cfg["data"].update(root=overrides[0].split("=", 1)[1], val_size=100)
-    cfg["runs_dir"] = str(root.parent)
-    cfg_file.write_text(yaml.safe_dump(cfg))
     out = tmp_path / f"{source}.json"
-    assert evaluate.main(["--config", str(cfg_file), "--source", source, "--n", "60", "--batch-size", "25",
-                          "--out", str(out)]) == 0
+    extra = ["--nll"] if source == "samples" else []
+    assert evaluate.main(["--config", SMOKE, "--source", source, "--n", "60", "--batch-size", "25",
+                          "--out", str(out), *extra, *overrides]) == 0
     result = json.loads(out.read_text())
     m = result["metrics"]
     assert result["n_generated"] == 60 and result["n_reference"] == 60 and result["extractor"] == "fmnist-evaluator"
     assert m["frechet_inception_distance"] >= 0 and 0 <= m["precision"] <= 1
     if source == "samples":
         assert 0 <= m["class_consistency"] <= 1 and result["decode"]["steps"] == 4
+        # the NLL is positive and finite and covers all 120 fixture test sequences
+        assert 0 < result["nll"] < 20 and result["nll_details"]["n_sequences"] == 120
     assert list((root / "reference").glob("reference-*.pt")), "reference features cached"
+
+
+def test_evaluate_with_inception_offline_random_weights(trained, tmp_path):
+    """The Inception path end to end without any download: a weights file of the right shapes."""
+    from maskgit_lab import evaluate
+    from maskgit_lab.eval.inception import random_state_dict
+
+    overrides, root = trained
+    weights = tmp_path / "inception.pth"
+    torch.save(random_state_dict(), weights)
+    out = tmp_path / "inc.json"
+    args = ["--config", SMOKE, "--source", "train", "--n", "8", "--batch-size", "4", "--extractor",
+            "inception-v3-compat", "--out", str(out), *overrides, f"evaluator.inception_weights={weights}"]
+    assert evaluate.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["extractor"] == "inception-v3-compat" and result["n_generated"] == 8
+    assert result["metrics"]["frechet_inception_distance"] > 0

@@ -95,6 +95,13 @@ class EvaluatorConfig:
     lr: float = 2e-3
     width: int = 32
     feature_dim: int = 128
+    # Feature extractor for the metrics: "fmnist-evaluator" (fast, the sweeps' default)
+    # or "inception-v3-compat" (the standard FID Inception; weights from inception_weights,
+    # else $MASKGIT_INCEPTION_WEIGHTS, else the cache that `make inception` fills).
+    extractor: str = "fmnist-evaluator"
+    cas_steps: int = 1000  # classifier steps for the classification accuracy score (CAS)
+    nll_draws: int = 1  # Monte-Carlo draws of (r, mask) per held-out sequence for the NLL
+    inception_weights: str = ""
 
 
 @dataclass
@@ -258,6 +265,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("transformer_train.class_dropout must lie in [0, 1)")
     cfg.transformer_train.schedule = canonical_name(cfg.transformer_train.schedule)
     cfg.transformer.resolved()
+    from maskgit_lab.eval.metrics import check_extractor
+
+    check_extractor(cfg.evaluator.extractor)
     cfg.sampling = cfg.sampling.validated(tok.num_tokens)
 
 

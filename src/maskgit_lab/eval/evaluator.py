@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgit_lab.config import ExperimentConfig, to_dict
+from maskgit_lab.config import EvaluatorConfig, ExperimentConfig, to_dict
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write, file_sha256
 
@@ -92,6 +92,32 @@ def accuracy(net: FMNISTClassifier, dataset, batch_size: int = 500) -> tuple[flo
     return top1 / n, top5 / n
 
 
+def fit_classifier(train_loader, e: EvaluatorConfig, steps: int, val_loader=None, seed: int = 0) -> FMNISTClassifier:
+    """Train a fresh classifier of the evaluator's architecture for ``steps`` steps (seeded)."""
+    L.seed_everything(seed, verbose=False)
+    module = EvaluatorModule(lr=e.lr, max_steps=steps, width=e.width, feature_dim=e.feature_dim)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, accelerator="cpu",
+                        devices=1, num_sanity_val_steps=0, enable_model_summary=False,
+                        limit_val_batches=1.0 if val_loader is not None else 0, check_val_every_n_epoch=1)
+    trainer.fit(module, train_loader, val_loader)
+    return module.net.eval()
+
+
+def classification_accuracy_score(
+    images: Tensor, labels: Tensor, test_dataset, e: EvaluatorConfig, steps: int, seed: int = 0
+) -> dict:
+    """CAS (Ravuri & Vinyals; the paper's Table 1): train a classifier on (images, labels),
+    report its top-1 / top-5 accuracy on the real test set."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(images.float(), labels.long()), batch_size=e.batch_size, shuffle=True,
+                        generator=gen, drop_last=len(images) > e.batch_size)
+    net = fit_classifier(loader, e, steps, seed=seed)
+    top1, top5 = accuracy(net, test_dataset)
+    return {"cas_top1": top1, "cas_top5": top5, "cas_train_images": len(images), "cas_steps": steps, "seed": seed}
+
+
 def evaluator_path(cfg: ExperimentConfig) -> Path:
     return cfg.run_dir / "evaluator" / "evaluator.pt"
 
@@ -106,19 +132,14 @@ def train_evaluator(cfg: ExperimentConfig, force: bool = False) -> Path:
     if cfg.data.name != "fmnist":
         raise ConfigError(f"the fmnist evaluator needs data.name=fmnist, not {cfg.data.name!r}; use the inception extractor")
     e = cfg.evaluator
-    L.seed_everything(0, verbose=False)
     dm = FashionMNISTDataModule(cfg.data, e.batch_size)
-    module = EvaluatorModule(lr=e.lr, max_steps=e.max_steps, width=e.width, feature_dim=e.feature_dim)
-    trainer = L.Trainer(max_steps=e.max_steps, logger=False, enable_checkpointing=False, accelerator="cpu",
-                        devices=1, num_sanity_val_steps=0, enable_model_summary=False, val_check_interval=None,
-                        check_val_every_n_epoch=1)
     start = time.time()
-    trainer.fit(module, dm)
+    net = fit_classifier(dm.train_dataloader(), e, e.max_steps, val_loader=dm.val_dataloader())
     seconds = time.time() - start
-    top1, top5 = accuracy(module.net, dm.dataset("test"))
+    top1, top5 = accuracy(net, dm.dataset("test"))
     payload = {
         "format": EVALUATOR_FORMAT,
-        "state_dict": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
+        "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
         "arch": {"num_classes": 10, "width": e.width, "feature_dim": e.feature_dim},
         "meta": {"test_top1": top1, "test_top5": top5, "train_seconds": round(seconds, 1), "steps": e.max_steps,
                  "data": to_dict(cfg.data)},

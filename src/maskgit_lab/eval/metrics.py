@@ -20,6 +20,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
+from tqdm.auto import tqdm
 
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write
@@ -61,33 +62,52 @@ class FeatureExtractor:
         self.name, self.identity, self.fn = name, identity, fn
 
     @torch.inference_mode()
-    def __call__(self, images: Iterable[Tensor]) -> Features:
+    def __call__(self, images: Iterable[Tensor], total: int | None = None, desc: str | None = None) -> Features:
+        """Features of every batch; a progress bar (in images) when ``desc`` is given."""
         feats, logits = [], []
+        bar = tqdm(total=total, desc=desc, unit="img", disable=desc is None, mininterval=2.0, leave=False)
         for batch in images:
+            bar.update(batch.shape[0])
             f, lg = self.fn(batch)
             feats.append(f.double().cpu())
             if lg is not None:
                 logits.append(lg.double().cpu())
+        bar.close()
         return Features(torch.cat(feats), torch.cat(logits) if logits else None)
 
 
-def fmnist_evaluator(path: str | Path) -> FeatureExtractor:
-    from maskgit_lab.eval.evaluator import load_evaluator
+def fmnist_evaluator(cfg, device: str = "cpu") -> FeatureExtractor:
+    """The suite's Fashion-MNIST classifier (trained and cached on first use)."""
+    from maskgit_lab.eval.evaluator import load_evaluator, train_evaluator
 
-    net, _, sha = load_evaluator(path)
-    return FeatureExtractor("fmnist-evaluator", sha, lambda x: net(x.float()))
+    net, _, sha = load_evaluator(train_evaluator(cfg))
+    net.to(device)
+    return FeatureExtractor("fmnist-evaluator", sha, lambda x: net(x.to(device).float()))
 
 
-# Feature extractor registry: name -> builder(weights path).
-EXTRACTORS: dict[str, Callable[[str | Path], FeatureExtractor]] = {
+def inception_v3_compat(cfg, device: str = "cpu") -> FeatureExtractor:
+    """torch-fidelity's standard FID Inception from a local weights file (see eval.inception)."""
+    from maskgit_lab.eval.inception import InceptionFeatures, default_weights_path
+
+    net = InceptionFeatures(cfg.evaluator.inception_weights or default_weights_path(), device)
+    return FeatureExtractor("inception-v3-compat", net.sha, net)
+
+
+# Feature extractor registry: name -> builder(experiment config, device).
+EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "fmnist-evaluator": fmnist_evaluator,
+    "inception-v3-compat": inception_v3_compat,
 }
 
 
-def build_extractor(name: str, weights: str | Path) -> FeatureExtractor:
+def check_extractor(name: str) -> str:
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name](weights)
+    return name
+
+
+def build_extractor(name: str, cfg, device: str = "cpu") -> FeatureExtractor:
+    return EXTRACTORS[check_extractor(name)](cfg, device)
 
 
 def batches(images: Tensor, batch_size: int) -> Iterable[Tensor]:
