@@ -41,3 +41,17 @@ def fmnist_dir(tmp_path_factory) -> Path:
 def smoke_overrides(fmnist_dir, tmp_path) -> list[str]:
     """Overrides that point the smoke preset at the fixture data and a private runs folder."""
     return [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path / 'runs'}"]
+
+
+SMOKE = "experiments/fmnist_smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def trained(fmnist_dir, tmp_path_factory):
+    """Train both smoke stages once (with MLflow logging); -> (overrides, experiment run folder)."""
+    from maskgit_lab import train
+
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}"]
+    assert train.main(["all", "--config", SMOKE, *overrides]) == 0
+    return overrides, runs / "fmnist_smoke"

@@ -15,15 +15,6 @@ from maskgit_lab.data import fmnist
 SMOKE = "experiments/fmnist_smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def trained(fmnist_dir, tmp_path_factory):
-    """Train both smoke stages once (with MLflow logging) for the tests of this module."""
-    runs = tmp_path_factory.mktemp("trained") / "runs"
-    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}"]
-    assert train.main(["all", "--config", SMOKE, *overrides]) == 0
-    return overrides, runs / "fmnist_smoke"
-
-
 def test_train_writes_model_files_with_config(trained):
     _, root = trained
     tok = load_checkpoint(root / "tokenizer" / "tokenizer.pt", "tokenizer")

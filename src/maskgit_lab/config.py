@@ -105,6 +105,25 @@ class EvaluatorConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The sweeps: the schedule ablation's grid (Table 3) and the sampler tuner's search."""
+
+    schedules: tuple[str, ...] = (
+        "exponential", "cubic", "square", "cosine", "linear", "square_root", "logarithmic", "arccos")
+    steps: tuple[int, ...] = (4, 8, 12, 16)
+    n: int = 1000  # class-balanced samples per cell, scored against the first n test images
+    seed: int = 0
+    mode: str = "decode"  # decode: one model, the schedule varies at sampling; train: one model per schedule
+    batch_size: int = 500
+    nll_sequences: int = 2000  # held-out test token grids for the NLL column
+    grid_per_class: int = 4  # images per class in each cell's sample-grid artifact
+    tune_trials: int = 24
+    tune_schedule: str = "cosine"
+    tune_n_small: int = 250  # pruning: every trial is scored at this N first
+    tune_max_steps: int = 16
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "fmnist"
     runs_dir: str = "runs"
@@ -119,6 +138,7 @@ class ExperimentConfig:
     transformer_train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     sampling: DecodeConfig = field(default_factory=DecodeConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -268,6 +288,20 @@ def validate(cfg: ExperimentConfig) -> None:
     from maskgit_lab.eval.metrics import check_extractor
 
     check_extractor(cfg.evaluator.extractor)
+    sw = cfg.sweep
+    sw.schedules = tuple(canonical_name(x) for x in sw.schedules)
+    sw.tune_schedule = canonical_name(sw.tune_schedule)
+    if sw.mode not in ("decode", "train"):
+        raise ConfigError(f"unknown sweep.mode {sw.mode!r}; valid: decode, train")
+    if not sw.schedules or not sw.steps:
+        raise ConfigError("sweep.schedules and sweep.steps must not be empty")
+    if len(set(sw.schedules)) != len(sw.schedules) or len(set(sw.steps)) != len(sw.steps):
+        raise ConfigError("sweep.schedules and sweep.steps must not repeat values")
+    for t in (*sw.steps, sw.tune_max_steps):
+        if not 1 <= t <= tok.num_tokens:
+            raise ConfigError(f"sweep steps T={t} impossible: T must lie in 1..{tok.num_tokens} (the number of tokens)")
+    if sw.n < 2 or sw.tune_n_small < 2 or sw.tune_n_small > sw.n:
+        raise ConfigError(f"sweep.n={sw.n} and sweep.tune_n_small={sw.tune_n_small} must satisfy 2 <= tune_n_small <= n")
     cfg.sampling = cfg.sampling.validated(tok.num_tokens)
 
 

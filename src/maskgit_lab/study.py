@@ -1,0 +1,271 @@
+"""Optuna studies and MLflow runs for the sweeps: persistent, resumable, safe with several workers.
+
+Storage: a SQLite file under ``runs/`` by default, any SQLAlchemy URL (PostgreSQL, MySQL)
+with ``--storage`` so workers on several machines share one study. Heartbeats are on, so
+a trial whose worker died (SIGKILL, lost machine) is noticed: on the same machine at once
+(its process is gone), elsewhere when its heartbeat is older than the grace period. Such a
+trial is marked FAIL and re-queued exactly once (only the worker whose FAIL transition
+succeeds re-queues it).
+
+Grid sweeps (``run_grid``): every cell of the grid ends COMPLETE exactly once. Fresh cells
+come from Optuna's GridSampler; a trial that lands on a cell already complete or being run
+by a lower-numbered trial prunes itself before doing any work (this only happens when
+workers race), and cells whose trial failed are re-queued on the next run.
+
+MLflow: one parent run per sweep (tag ``sweep_id``), one nested run per cell or trial; a
+cell's earlier unfinished attempts are deleted before it is run again, so every cell
+appears once among the live runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from maskgit_lab.errors import ConfigError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeps print their own progress lines
+
+HEARTBEAT_S = 20
+GRACE_S = 90
+WORKER_HOST, WORKER_PID = "worker_host", "worker_pid"
+
+
+@contextlib.contextmanager
+def sqlite_init_lock(url: str):
+    """Serialise the first use of a SQLite database by several local processes (schema
+    creation and migrations are not safe to race); a no-op for server databases."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(url[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def storage_url(url: str | None, runs_dir: str | Path) -> str:
+    return url or f"sqlite:///{(Path(runs_dir) / 'optuna.db').resolve()}"
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue a failed trial with its parameters (RetryFailedTrialCallback's behaviour)."""
+    optuna.storages.RetryFailedTrialCallback(max_retry=None)(study, trial)
+
+
+def open_storage(url: str | None, runs_dir: str | Path) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats; a URL that cannot be opened is a one-line error."""
+    url = storage_url(url, runs_dir)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        with sqlite_init_lock(url), warnings.catch_warnings():  # heartbeats are marked experimental
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                failed_trial_callback=_retry,
+            )
+    except Exception as exc:  # noqa: BLE001 - any driver/URL error: say which URL and why
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open Optuna storage {url!r}: {reason}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_trials(study: optuna.Study) -> list[int]:
+    """FAIL (and re-queue once) RUNNING trials whose worker is gone; returns their numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    storage = study._storage
+    host, reaped = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(WORKER_HOST) != host or _alive(int(t.user_attrs.get(WORKER_PID, -1))):
+            continue
+        if t.user_attrs.get(WORKER_PID) == os.getpid():
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                _retry(study, study._storage.get_trial(t._trial_id))
+                reaped.append(t.number)
+        except UpdateFinishedTrialError:
+            pass  # another worker got there first
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)  # other machines: stale heartbeats (re-queued by the callback)
+    return reaped
+
+
+def mark_worker(trial: Trial) -> None:
+    trial.set_user_attr(WORKER_HOST, socket.gethostname())
+    trial.set_user_attr(WORKER_PID, os.getpid())
+
+
+def cell_key(params: dict[str, Any], names: Sequence[str]) -> str:
+    return ",".join(f"{n}={params[n]}" for n in names)
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler whose ``after_trial`` does not stop the study: ``run_grid`` decides."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D401
+        return None
+
+
+def run_grid(
+    study: optuna.Study,
+    space: dict[str, list],
+    run_cell: Callable[[Trial, dict[str, Any]], float],
+    poll_s: float = 5.0,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Run ``run_cell(trial, params)`` for every cell of ``space`` not yet COMPLETE.
+
+    Returns when every cell is COMPLETE (waiting, if need be, for cells other workers are
+    running). An exception in ``run_cell`` fails that trial and propagates.
+    """
+    names = list(space)
+    cells = {cell_key(dict(zip(names, v, strict=True)), names) for v in _product(space)}
+    if not isinstance(study.sampler, optuna.samplers.GridSampler):
+        raise ValueError("run_grid needs a study created by grid_study()")
+
+    def objective(trial: Trial) -> float:
+        mark_worker(trial)
+        params = {n: trial.suggest_categorical(n, space[n]) for n in names}
+        key = cell_key(params, names)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number != trial.number and t.params and cell_key(t.params, names) == key:
+                if t.state == TrialState.COMPLETE or t.number < trial.number:
+                    trial.set_user_attr("duplicate_of", t.number)
+                    raise optuna.TrialPruned(f"{key} is already done or running (trial {t.number})")
+        return run_cell(trial, params)
+
+    waited = False
+    while True:
+        reap_dead_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        state_of: dict[str, set] = {}
+        for t in trials:
+            if t.params and set(names) <= set(t.params):
+                state_of.setdefault(cell_key(t.params, names), set()).add(t.state)
+        done = {k for k, s in state_of.items() if TrialState.COMPLETE in s}
+        busy = {k for k, s in state_of.items() if s & {TrialState.RUNNING, TrialState.WAITING}} - done
+        todo = cells - done - busy
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if done >= cells:
+            return
+        if waiting or (todo and not study.sampler.is_exhausted(study)):
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+            waited = False
+        elif todo:  # cells whose trial failed earlier without a retry: queue them again
+            for key in sorted(todo):
+                params = dict(kv.split("=", 1) for kv in key.split(","))
+                study.enqueue_trial({n: _typed(space[n], params[n]) for n in names})
+        else:  # the remaining cells are running in other workers
+            if not waited:
+                log(f"waiting for {len(busy)} cell(s) running in other workers")
+                waited = True
+            time.sleep(poll_s)
+
+
+def _product(space: dict[str, list]):
+    import itertools
+
+    return itertools.product(*space.values())
+
+
+def _typed(values: list, text: str):
+    for v in values:
+        if str(v) == text:
+            return v
+    raise KeyError(text)
+
+
+def grid_study(name: str, storage: optuna.storages.RDBStorage, space: dict[str, list]) -> optuna.Study:
+    with sqlite_init_lock(storage.url):
+        return optuna.create_study(study_name=name, storage=storage, sampler=_Grid(space, seed=0),
+                               direction="minimize", load_if_exists=True)
+
+
+# ---------------------------------------------------------------------------- MLflow
+
+
+def mlflow_client(tracking_uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri)
+
+
+def experiment_id(client, name: str, artifact_location: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - another worker created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def parent_run(client, exp_id: str, sweep_id: str, run_name: str, params: dict, tags: dict) -> str:
+    """The sweep's parent run: the oldest live run tagged with ``sweep_id`` (created if none)."""
+
+    def find():
+        return client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'parent'",
+                                  order_by=["attributes.start_time ASC"], max_results=5)
+
+    found = find()
+    if not found:
+        run = client.create_run(exp_id, run_name=run_name, tags={**tags, "sweep_id": sweep_id, "sweep_role": "parent"})
+        _log_params(client, run.info.run_id, params)
+        found = find()
+        if found[0].info.run_id != run.info.run_id:  # lost a race: use the first one
+            client.delete_run(run.info.run_id)
+    return found[0].info.run_id
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def child_run(client, exp_id: str, parent_id: str, sweep_id: str, cell: str, run_name: str, params: dict) -> str:
+    """A nested run for one cell/trial; earlier unfinished attempts of the same cell are deleted."""
+    old = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.cell = '{cell}'", max_results=50)
+    for r in old:
+        client.delete_run(r.info.run_id)
+    run = client.create_run(exp_id, run_name=run_name, tags={
+        "mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "sweep_role": "cell", "cell": cell})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float | None]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    client.log_batch(run_id, metrics=items)

@@ -1,0 +1,134 @@
+"""The schedule ablation sweep end to end on the smoke preset: outputs, resumption after
+SIGKILL, two workers on one study, tables rebuilt from MLflow, and bad arguments."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+
+from maskgit_lab import ablation, tables
+
+SMOKE = "experiments/fmnist_smoke.yaml"
+CELLS = 6  # the smoke grid: 3 schedules x 2 step counts
+
+
+def sweep_args(trained, tmp_path, *extra):
+    overrides, _ = trained
+    return ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
+            str(tmp_path / "results"), *overrides, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+def finished_cells(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"],
+                              filter_string="tags.sweep_role = 'cell' and attributes.status = 'FINISHED'")
+    return sorted(runs["tags.cell"])
+
+
+def complete_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return sorted(f"schedule={t.params['schedule']},steps={t.params['steps']}"
+                  for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys):
+    assert ablation.main(sweep_args(trained, tmp_path)) == 0
+    out = tmp_path / "results"
+    for f in ("schedule_ablation.csv", "schedule_ablation.md", "schedule_ablation.tex", "fid_vs_steps.png",
+              "fid_vs_steps.csv", "schedules.png", "summary.json"):
+        assert (out / f).stat().st_size > 0, f
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["schedules"]) == {"cosine", "linear", "exponential"} and summary["mode"] == "decode"
+    md = (out / "schedule_ablation.md").read_text()
+    assert "decode-only" in md and "paper FID" in md
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "γ" not in line]
+    assert rows == ["Exponential", "Cosine", "Linear"], "Table 3's row order"
+    cells = finished_cells(tmp_path)
+    assert len(cells) == CELLS and cells == complete_trials(tmp_path)
+    first = (out / "schedule_ablation.csv").read_text()
+
+    capsys.readouterr()
+    assert ablation.main(sweep_args(trained, tmp_path)) == 0
+    assert "[1/" not in capsys.readouterr().out, "a finished sweep recomputes nothing"
+    assert finished_cells(tmp_path) == cells and (out / "schedule_ablation.csv").read_text() == first
+
+    # The tables rebuild from MLflow alone, to the same numbers.
+    (out / "schedule_ablation.csv").unlink()
+    overrides, _ = trained
+    assert tables.main(["--config", SMOKE, "--out-dir", str(out), *overrides,
+                        f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    assert (out / "schedule_ablation.csv").read_text() == first
+
+
+def _launch(trained, tmp_path, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "sweeps/schedule_ablation.py", *sweep_args(trained, tmp_path, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _n_complete(tmp_path) -> int:
+    db = tmp_path / "optuna.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=30) as con:
+            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path):
+    proc = _launch(trained, tmp_path, "sweep.seed=1")
+    deadline = time.time() + 240
+    while _n_complete(tmp_path) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be killed:\n" + proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _n_complete(tmp_path) < CELLS
+    assert ablation.main(sweep_args(trained, tmp_path, "sweep.seed=1")) == 0
+    cells = finished_cells(tmp_path)
+    assert len(cells) == CELLS == len(set(cells)) and cells == complete_trials(tmp_path)
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert len(summary["schedules"]) == 3
+
+
+def test_two_workers_share_one_study(trained, tmp_path):
+    procs = [_launch(trained, tmp_path, "sweep.seed=2") for _ in range(2)]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    cells = finished_cells(tmp_path)
+    assert len(cells) == CELLS == len(set(cells)) and cells == complete_trials(tmp_path)
+    ran = [sum(line.startswith("[") for line in out.splitlines()) for out in outputs]
+    assert sum(ran) >= CELLS and all(r > 0 for r in ran), f"both workers took cells: {ran}"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["sweep.schedules=[cosine,zigzag]"], "unknown mask schedule 'zigzag'"),
+    (["sweep.steps=[2,999]"], "T=999 impossible"),
+    (["sampling.choice_temperature=-1"], "choice_temperature"),
+    (["sampling.guidance_weight=1", "transformer_train.class_dropout=0"], "class dropout"),
+])
+def test_bad_arguments_fail_before_any_work(trained, tmp_path, extra, message):
+    r = subprocess.run([sys.executable, "sweeps/schedule_ablation.py", *sweep_args(trained, tmp_path, *extra)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:1/none", "sqlite:////dev/null/optuna.db"])
+def test_unopenable_storage_is_one_line(trained, tmp_path, url):
+    args = sweep_args(trained, tmp_path)
+    args[args.index("--storage") + 1] = url
+    r = subprocess.run([sys.executable, "sweeps/schedule_ablation.py", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot open Optuna storage" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
