@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test setup data inception train samples ui lint clean
+.PHONY: run repro tune test setup data inception ui lint clean
 
 setup: $(STAMP)
 
@@ -38,13 +38,21 @@ data:
 inception: setup
 	$(PY) -m maskgit_lab.eval.inception fetch
 
-# Main job (until the schedule-ablation sweep lands): train both stages, skipping what
-# is already trained, then write a sample grid and the decoding process.
+# Main job: the schedule ablation (Table 3) on the default experiment. It trains what is
+# missing (tokenizer, token cache, transformer, evaluator) and reuses what exists; a re-run
+# continues an interrupted sweep. Then a sample grid and the decoding process figure.
 run: setup data inception
-	$(PY) -m maskgit_lab.train all --config $(CONFIG)
+	$(PY) sweeps/schedule_ablation.py --config $(CONFIG)
 	$(PY) -m maskgit_lab.sample --config $(CONFIG) --per-class 10 \
 	  --out results/$$(basename $(CONFIG) .yaml)/samples.png \
 	  --process results/$$(basename $(CONFIG) .yaml)/decoding_process.png
+
+# The DVC pipeline (dvc.yaml, params.yaml) inside the project's environment.
+repro: setup data
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+tune: setup data
+	$(PY) sweeps/tune_sampler.py --config $(CONFIG)
 
 test: setup data inception
 	$(PY) -m pytest -q

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from maskgit_lab.config import load_config
 from maskgit_lab.eval.evaluator import FMNISTClassifier, evaluator_path, load_evaluator
+from maskgit_lab.eval.inception import InceptionFeatures, default_weights_path
 from maskgit_lab.eval.metrics import FeatureExtractor, batches, compute_metrics
 
 
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--config", default="experiments/fmnist.yaml")
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--inception", type=int, default=200, help="images for the Inception speed (0: skip)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     path = evaluator_path(cfg)
@@ -50,6 +53,17 @@ def main() -> None:
     print(f"feature extraction: {args.n / extract:8.0f} images/s ({extract:.1f} s for {args.n})")
     print(f"metrics on {args.n} vs {args.n} features (FID, KID, P/R, IS, class consistency): {metric:.1f} s")
     print(f"full evaluation of {args.n} generated images (cached reference): {extract + metric:.1f} s")
+    weights = Path(cfg.evaluator.inception_weights or default_weights_path())
+    if args.inception > 0 and weights.is_file():
+        inc = InceptionFeatures(weights)
+        inc(images[:4])  # warm-up
+        start = time.perf_counter()
+        for x in batches(images[: args.inception], 50):
+            inc(x)
+        took = time.perf_counter() - start
+        print(f"inception-v3-compat (299 px): {args.inception / took:8.1f} images/s ({took:.1f} s for {args.inception})")
+    elif args.inception > 0:
+        print(f"inception-v3-compat: no weights at {weights} (run `make inception`)")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,23 @@ def test_unopenable_storage_is_one_line(trained, tmp_path, url):
     r = subprocess.run([sys.executable, "sweeps/schedule_ablation.py", *args], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot open Optuna storage" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+def test_tune_sampler_runs_resumes_and_records(trained, tmp_path):
+    from maskgit_lab import tune
+
+    args = sweep_args(trained, tmp_path, "sweep.tune_trials=3")
+    assert tune.main(args) == 0
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(finished) == 3 and {"steps", "choice_temperature", "guidance_weight"} <= set(finished[0].params)
+    assert 2 <= study.best_trial.params["steps"] <= 6  # sweep.tune_max_steps of the smoke preset
+    assert tune.main(args) == 0 and len(study.get_trials()) == 3, "a finished study adds no trials"
+    assert tune.main([*args, "--trials", "4"]) == 0 and len(study.get_trials()) == 4, "a larger budget continues"
+    md = (tmp_path / "results" / "tune_sampler_cosine.md").read_text()
+    assert "FID" in md and f"trial {study.best_trial.number}" in md
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
+    assert len(runs) == 4 and runs["params.decode.steps"].notna().all()

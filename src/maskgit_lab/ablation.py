@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")
         wall = time.time()
         runner = GridRunner(cfg, sw.mode, args.checkpoint, args.device)
-        extra = {"checkpoint": runner.identity["*"]} if args.checkpoint else {}
-        sid = sweep_id(cfg, "schedule_ablation", extra)
+        sid = sweep_id(cfg, "schedule_ablation", {"models": runner.identity})  # tied to the exact model files
         info = {"experiment": cfg.name, "mode": sw.mode, "n": runner.n, "seed": sw.seed, "steps": list(sw.steps),
                 "extractor": runner.evaluation.ext.name, "num_tokens": runner.num_tokens, "sweep_id": sid,
                 "train_schedule": runner.model(sw.schedules[0])[2].transformer_train.schedule}

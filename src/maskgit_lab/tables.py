@@ -80,7 +80,7 @@ def table3(best: pd.DataFrame) -> pd.DataFrame:
             "ms/img": None if pd.isna(r.get("seconds_per_image")) else round(1000 * r["seconds_per_image"], 1),
             "paper T": paper[0], "paper FID": paper[1], "paper IS": paper[2], "paper NLL": paper[3],
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)  # object: integer T columns stay integers beside missing values
 
 
 def _fmt(v, digits=2):

@@ -162,3 +162,30 @@ def load_evaluator(path: str | Path) -> tuple[FMNISTClassifier, dict, str]:
     net = FMNISTClassifier(**payload["arch"])
     load_state_strict(net, payload["state_dict"], str(p))
     return net.eval(), payload["meta"], file_sha256(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maskgit_lab.eval.evaluator --config ... [--force]``: train (or reuse) the evaluator."""
+    import argparse
+
+    from maskgit_lab.config import load_config
+    from maskgit_lab.errors import cli_errors
+
+    @cli_errors
+    def run() -> int:
+        parser = argparse.ArgumentParser(prog="python -m maskgit_lab.eval.evaluator",
+                                         description="Train the Fashion-MNIST evaluator classifier (cached).")
+        parser.add_argument("--config", default="experiments/fmnist.yaml")
+        parser.add_argument("--force", action="store_true", help="retrain even if the file exists")
+        parser.add_argument("overrides", nargs="*")
+        args = parser.parse_intermixed_args(argv)
+        path = train_evaluator(load_config(args.config, args.overrides), force=args.force)
+        _, meta, sha = load_evaluator(path)
+        print(f"evaluator {path} ({sha}): test accuracy {meta['test_top1']:.2%}, top-5 {meta['test_top5']:.2%}")
+        return 0
+
+    return run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
