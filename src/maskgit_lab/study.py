@@ -63,8 +63,13 @@ def storage_url(url: str | None, runs_dir: str | Path) -> str:
 
 
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a failed trial with its parameters (RetryFailedTrialCallback's behaviour)."""
-    optuna.storages.RetryFailedTrialCallback(max_retry=None)(study, trial)
+    """Re-queue a dead worker's trial with its parameters (a WAITING trial any worker pops)."""
+    if not trial.params:  # died before choosing its cell: nothing to re-queue
+        return
+    attrs = {k: v for k, v in trial.user_attrs.items() if k not in (WORKER_HOST, WORKER_PID)}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={**attrs, "retry_of": trial.number}))
 
 
 def open_storage(url: str | None, runs_dir: str | Path) -> optuna.storages.RDBStorage:
