@@ -108,8 +108,10 @@ def test_two_workers_share_one_study(trained, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs
     cells = finished_cells(tmp_path)
     assert len(cells) == CELLS == len(set(cells)) and cells == complete_trials(tmp_path)
+    # No cell was computed twice across the two workers (which worker takes how many
+    # depends on start-up timing; a slow starter may find every cell taken).
     ran = [sum(line.startswith("[") for line in out.splitlines()) for out in outputs]
-    assert sum(ran) >= CELLS and all(r > 0 for r in ran), f"both workers took cells: {ran}"
+    assert sum(ran) == CELLS, f"cells computed per worker: {ran}"
 
 
 @pytest.mark.parametrize("extra, message", [
