@@ -23,6 +23,7 @@ import torch
 from maskgit_lab.config import ExperimentConfig, to_dict
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.eval import metrics as M
+from maskgit_lab.io import file_sha256, git_commit
 
 # The paper's Table 3 (ImageNet 256, one model trained per schedule): best T, FID, IS, NLL.
 PAPER_TABLE3 = {
@@ -95,7 +96,7 @@ class GridRunner:
         for key, f in files.items():
             transformer, tok, tcfg, meta = load_models(f, device=device)
             self.models[key] = (transformer, tok, tcfg, meta)
-            self.identity[key] = hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]
+            self.identity[key] = file_sha256(f)
         first = next(iter(self.models.values()))
         self.tokenizer, self.num_tokens = first[1], first[0].cfg.num_tokens
         self.evaluation = Evaluation(cfg, self.n, None, device, cfg.sweep.batch_size)
@@ -103,6 +104,7 @@ class GridRunner:
         k = min(cfg.sweep.nll_sequences, codes.shape[0])
         self.held_out = (codes[:k], labels[:k])
         self._nll: dict[tuple[str, str], dict] = {}
+        self.git_commit = git_commit() or "unknown"
 
     def model(self, schedule: str):
         return self.models.get(schedule) or self.models["*"]
@@ -146,13 +148,7 @@ class GridRunner:
                 yield x
 
         feats = self.evaluation.ext(timed())
-        if n == self.n:
-            result = self.evaluation.score(feats, self.cfg.sweep.seed, labels)
-        else:  # pruning stage of the tuner: a smaller N against the first n reference images
-            result = M.compute_metrics(feats, M.Features(self.evaluation.reference.features[:n],
-                                       None), extractor=self.evaluation.ext.name,
-                                       reference_name=f"{self.evaluation.reference_name}[:{n}]",
-                                       seed=self.cfg.sweep.seed, labels=labels)
+        result = self.evaluation.score(feats, self.cfg.sweep.seed, labels)
         record = {short: result["metrics"].get(key) for short, key in LOGGED.items()}
         record.update(seconds_per_image=sampling[0] / n, n=n)
         images = torch.cat(kept)[:keep] if keep else None
@@ -160,15 +156,13 @@ class GridRunner:
 
     def run_params(self, schedule: str) -> dict:
         """What identifies a cell's inputs, for MLflow params."""
-        from maskgit_lab.io import git_commit
-
         meta = self.model(schedule)[3]
         key = "*" if "*" in self.models else schedule
         return {"mode": self.mode, "n": self.n, "seed": self.cfg.sweep.seed,
                 "extractor": self.evaluation.ext.name, "extractor_identity": self.evaluation.ext.identity,
                 "reference": self.evaluation.reference_name, "checkpoint_sha": self.identity[key],
                 "train_schedule": self.model(schedule)[2].transformer_train.schedule,
-                "tokenizer_sha": meta.get("tokenizer_sha"), "git_commit": git_commit() or "unknown"}
+                "tokenizer_sha": meta.get("tokenizer_sha"), "git_commit": self.git_commit}
 
 
 def class_rows(images: torch.Tensor, num_classes: int) -> torch.Tensor:

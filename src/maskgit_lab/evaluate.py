@@ -82,8 +82,14 @@ class Evaluation:
         return self.ext(images, total=self.n, desc=desc)
 
     def score(self, generated: Features, seed: int, labels: torch.Tensor | None = None) -> dict:
-        result = compute_metrics(generated, self.reference, extractor=self.ext.name,
-                                 reference_name=self.reference_name, seed=seed, labels=labels)
+        """Metrics against the reference; fewer generated images than n are scored against
+        the first as many reference images (the tuner's small-N pruning stage)."""
+        n = len(generated)
+        reference, name = self.reference, self.reference_name
+        if n < self.n:
+            reference, name = Features(reference.features[:n], None), f"{name}[:{n}]"
+        result = compute_metrics(generated, reference, extractor=self.ext.name,
+                                 reference_name=name, seed=seed, labels=labels)
         result["extractor_identity"] = self.ext.identity
         return result
 

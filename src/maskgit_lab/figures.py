@@ -20,10 +20,11 @@ def _to_numpy_grid(images: Tensor, nrow: int, pad: int = 2):
     return grid.permute(1, 2, 0).cpu().numpy()
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
     plt.close(fig)
     return out
 
@@ -46,7 +47,7 @@ def sample_grid_figure(images: Tensor, row_labels: Sequence[str], title: str, pa
     ax.set_title(title, fontsize=8)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def masked_overlay(images: Tensor, masked: Tensor, grid_size: int) -> Tensor:
@@ -83,4 +84,4 @@ def decoding_process_figure(
             ax.set_ylabel(f"{label}\n{name}", fontsize=7)
     axes[-1].set_xlabel("step 1 ... T", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

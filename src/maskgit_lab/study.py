@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import socket
 import time
@@ -107,8 +108,6 @@ def reap_dead_trials(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(WORKER_HOST) != host or _alive(int(t.user_attrs.get(WORKER_PID, -1))):
             continue
-        if t.user_attrs.get(WORKER_PID) == os.getpid():
-            continue
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 _retry(study, study._storage.get_trial(t._trial_id))
@@ -150,7 +149,8 @@ def run_grid(
     running). An exception in ``run_cell`` fails that trial and propagates.
     """
     names = list(space)
-    cells = {cell_key(dict(zip(names, v, strict=True)), names) for v in _product(space)}
+    grid = [dict(zip(names, v, strict=True)) for v in itertools.product(*space.values())]
+    cells = {cell_key(p, names): p for p in grid}
     if not isinstance(study.sampler, optuna.samplers.GridSampler):
         raise ValueError("run_grid needs a study created by grid_study()")
 
@@ -175,35 +175,21 @@ def run_grid(
                 state_of.setdefault(cell_key(t.params, names), set()).add(t.state)
         done = {k for k, s in state_of.items() if TrialState.COMPLETE in s}
         busy = {k for k, s in state_of.items() if s & {TrialState.RUNNING, TrialState.WAITING}} - done
-        todo = cells - done - busy
+        todo = set(cells) - done - busy
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        if done >= cells:
+        if done >= set(cells):
             return
         if waiting or (todo and not study.sampler.is_exhausted(study)):
             study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
             waited = False
         elif todo:  # cells whose trial failed earlier without a retry: queue them again
             for key in sorted(todo):
-                params = dict(kv.split("=", 1) for kv in key.split(","))
-                study.enqueue_trial({n: _typed(space[n], params[n]) for n in names})
+                study.enqueue_trial(cells[key])
         else:  # the remaining cells are running in other workers
             if not waited:
                 log(f"waiting for {len(busy)} cell(s) running in other workers")
                 waited = True
             time.sleep(poll_s)
-
-
-def _product(space: dict[str, list]):
-    import itertools
-
-    return itertools.product(*space.values())
-
-
-def _typed(values: list, text: str):
-    for v in values:
-        if str(v) == text:
-            return v
-    raise KeyError(text)
 
 
 def grid_study(name: str, storage: optuna.storages.RDBStorage, space: dict[str, list]) -> optuna.Study:

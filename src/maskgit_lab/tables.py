@@ -19,6 +19,7 @@ import torch
 
 from maskgit_lab.config import load_config
 from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.figures import save_figure
 from maskgit_lab.io import atomic_write, atomic_write_text
 from maskgit_lab.schedules import PAPER_LABELS, SCHEDULES, gamma
 
@@ -124,7 +125,8 @@ def fid_vs_steps_figure(cells: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=150)
 
 
 def schedules_figure(schedules: list[str], num_tokens: int, path: Path) -> Path:
@@ -143,16 +145,8 @@ def schedules_figure(schedules: list[str], num_tokens: int, path: Path) -> Path:
     ax.set_title(f"mask schedules, N = {num_tokens} tokens", fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=150, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150)
 
 
 def write_ablation(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
