@@ -48,7 +48,10 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None) -> str
     d = to_dict(cfg)
     for k in ("runs_dir", "mlflow_uri", "name"):
         d.pop(k)
-    d["sweep"] = {k: v for k, v in d["sweep"].items() if not k.startswith("tune_") or kind == "tune_sampler"}
+    # settings of the other sweep kinds do not change this one's numbers
+    owner = {"tune_": "tune_sampler", "ar_": "comparison"}
+    d["sweep"] = {k: v for k, v in d["sweep"].items()
+                  if all(not k.startswith(p) or kind == o for p, o in owner.items())}
     blob = json.dumps([kind, d, extra or {}], sort_keys=True, default=str)
     return f"{cfg.name}.{kind}.{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

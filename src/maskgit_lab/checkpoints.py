@@ -2,7 +2,7 @@
 
 A model file is a plain dict of tensors, strings and numbers, so it always loads with
 ``torch.load(..., weights_only=True)``:
-    {"format": FORMAT, "kind": "tokenizer" | "transformer", "config": {...},
+    {"format": FORMAT, "kind": "tokenizer" | "transformer" | "ar_transformer", "config": {...},
      "state_dict": {...}, "meta": {...}}
 Loading is strict: a wrong kind, a foreign file or mismatched keys is a ConfigError.
 """
@@ -21,7 +21,7 @@ from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write, file_sha256, git_commit
 
 FORMAT = "maskgit_lab/1"
-KINDS = ("tokenizer", "transformer")
+KINDS = ("tokenizer", "transformer", "ar_transformer")
 
 
 def save_model(
@@ -94,6 +94,17 @@ def load_transformer(path: str | Path):
     payload = load_checkpoint(path, "transformer")
     cfg = from_dict(payload["config"])  # cfg.transformer holds the filled-in sizes
     model = MaskGITTransformer(cfg.transformer)
+    load_state_strict(model, payload["state_dict"], str(path))
+    return model.eval(), cfg, payload["meta"]
+
+
+def load_ar_transformer(path: str | Path):
+    """-> (ARTransformer in eval mode, ExperimentConfig, meta) from an AR baseline model file."""
+    from maskgit_lab.models.ar import ARTransformer
+
+    payload = load_checkpoint(path, "ar_transformer")
+    cfg = from_dict(payload["config"])
+    model = ARTransformer(cfg.transformer)
     load_state_strict(model, payload["state_dict"], str(path))
     return model.eval(), cfg, payload["meta"]
 

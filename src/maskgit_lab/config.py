@@ -121,6 +121,10 @@ class SweepConfig:
     tune_schedule: str = "cosine"
     tune_n_small: int = 250  # pruning: every trial is scored at this N first
     tune_max_steps: int = 16
+    # The autoregressive baseline's sampling in the comparison (Table 1).
+    ar_temperature: float = 1.0
+    ar_top_k: int = 0  # 0: every code
+    ar_top_p: float = 1.0
 
 
 @dataclass
@@ -303,6 +307,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if sw.n < 2 or sw.tune_n_small < 2 or sw.tune_n_small > sw.n:
         raise ConfigError(f"sweep.n={sw.n} and sweep.tune_n_small={sw.tune_n_small} must satisfy 2 <= tune_n_small <= n")
     cfg.sampling = cfg.sampling.validated(tok.num_tokens)
+    from maskgit_lab.ar_sampler import ARDecodeConfig
+
+    ARDecodeConfig(temperature=sw.ar_temperature, top_k=sw.ar_top_k, top_p=sw.ar_top_p).validated(tok.codebook_size)
 
 
 def to_dict(cfg: Any) -> dict:

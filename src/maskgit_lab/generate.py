@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -51,6 +51,29 @@ def codes_to_images(tokenizer: VQGAN, codes: Tensor) -> Tensor:
     return tokenizer.decode(codes.reshape(codes.shape[0], side, side))
 
 
+def iter_decoded(
+    codes_fn: Callable[[Tensor, torch.Generator], Tensor],
+    tokenizer: VQGAN,
+    labels: Tensor,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[Tensor]:
+    """Yield image batches [b, C, H, W] in [-1, 1] (on CPU): ``codes_fn(labels_chunk, generator)``
+    makes each chunk's codes [b, N], the tokenizer decodes them.
+
+    A single generator seeded with ``seed`` is consumed batch after batch, so the output
+    depends on ``seed`` and ``batch_size`` only, never on global random state. Streaming
+    lets evaluation consume samples without holding them all.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for chunk in labels.split(batch_size):
+        with torch.inference_mode():  # closed before yielding: the mode must not leak to the consumer
+            codes = codes_fn(chunk.to(device), gen)
+            images = codes_to_images(tokenizer, codes).cpu()
+        yield images
+
+
 def iter_images(
     transformer: MaskGITTransformer,
     tokenizer: VQGAN,
@@ -59,19 +82,10 @@ def iter_images(
     seed: int,
     batch_size: int = 256,
 ) -> Iterator[Tensor]:
-    """Yield image batches [b, C, H, W] in [-1, 1] (on CPU) for class ``labels`` [B], from one seed.
-
-    A single generator seeded with ``seed`` is consumed batch after batch, so the output
-    depends on ``seed`` and ``batch_size`` only, never on global random state. Streaming
-    lets evaluation consume samples without holding them all.
-    """
+    """MaskGIT samples for class ``labels`` [B] from one seed, streamed as ``iter_decoded``."""
     device = next(transformer.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for chunk in labels.split(batch_size):
-        with torch.inference_mode():  # closed before yielding: the mode must not leak to the consumer
-            codes = generate_codes(transformer, chunk.to(device), config, gen).tokens
-            images = codes_to_images(tokenizer, codes).cpu()
-        yield images
+    return iter_decoded(lambda y, g: generate_codes(transformer, y, config, g).tokens,
+                        tokenizer, labels, seed, batch_size, device)
 
 
 def generate_images(

@@ -59,6 +59,14 @@ class RunPaths:
     def transformer_file(self) -> Path:
         return self.transformer_dir / "transformer.pt"
 
+    @property
+    def ar_dir(self) -> Path:
+        return self.root / "ar-transformer"
+
+    @property
+    def ar_file(self) -> Path:
+        return self.ar_dir / "ar_transformer.pt"
+
 
 def run_paths(cfg: ExperimentConfig) -> RunPaths:
     return RunPaths(cfg.run_dir, cfg.transformer_train.schedule)
@@ -74,10 +82,11 @@ def _comparable(tree: dict, sections: tuple[str, ...]) -> dict:
     return out
 
 
-def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections: tuple[str, ...]) -> dict:
+def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections: tuple[str, ...],
+                         ignore: tuple[str, ...] = ()) -> dict:
     """Return the saved payload if its settings match ``cfg``; else a clear error."""
     payload = load_checkpoint(path, kind)
-    diff = _settings_diff(payload["config"], cfg, sections)
+    diff = _settings_diff(payload["config"], cfg, sections, ignore)
     if diff:
         raise ConfigError(
             f"{path} was trained with other settings ({', '.join(diff[:6])}); pass --force to retrain "
@@ -126,8 +135,11 @@ RESUMABLE_CHANGES = ("max_steps", "val_every")
 
 def _settings_diff(saved: dict, cfg: ExperimentConfig, sections: tuple[str, ...], ignore=()) -> list[str]:
     """Keys of ``sections`` whose saved value differs from ``cfg``'s (preset sizes resolved)."""
+    from maskgit_lab.config import from_dict
+
     cfg = replace(cfg, transformer=cfg.transformer.resolved())
-    a, b = _comparable(saved, sections), _comparable(to_dict(cfg), sections)
+    # Round-trip the saved config so settings added to the code since carry their defaults.
+    a, b = _comparable(to_dict(from_dict(saved)), sections), _comparable(to_dict(cfg), sections)
     return [
         f"{s}.{k}" for s in sections for k in sorted(set(a[s]) | set(b[s]))
         if a[s].get(k) != b[s].get(k) and k not in ignore
@@ -228,22 +240,35 @@ def tokenize(cfg: ExperimentConfig) -> Path:
     return build_token_cache(tok, sha, dm, cfg.data, cfg.run_dir)
 
 
-def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = True) -> dict:
-    """Train (or reuse) the transformer on cached tokens; returns its validation metrics."""
+def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = True,
+                      kind: str = "transformer") -> dict:
+    """Train (or reuse) a transformer on cached tokens; returns its validation metrics.
+
+    kind: "transformer" (MaskGIT, masked visual token modeling) or "ar_transformer" (the
+    autoregressive baseline: same network, causal, raster order, same training settings).
+    """
     import lightning as L
 
     from maskgit_lab.data.tokens import TokenDataModule, load_token_cache
-    from maskgit_lab.lit.mvtm import MVTMModule
+
+    if kind == "ar_transformer":
+        from maskgit_lab.lit.ar import ARModule as Module
+    else:
+        from maskgit_lab.lit.mvtm import MVTMModule as Module
 
     paths = run_paths(cfg)
-    d = paths.transformer_dir
-    if paths.transformer_file.is_file() and not force:
-        payload = _check_same_settings(paths.transformer_file, "transformer", cfg, TRANSFORMER_SECTIONS)
+    d, file = (paths.ar_dir, paths.ar_file) if kind == "ar_transformer" else (paths.transformer_dir,
+                                                                             paths.transformer_file)
+    name = "ar-transformer" if kind == "ar_transformer" else f"transformer-{cfg.transformer_train.schedule}"
+    if file.is_file() and not force:
+        # the masking schedule does not touch the autoregressive baseline
+        ignore = ("schedule",) if kind == "ar_transformer" else ()
+        payload = _check_same_settings(file, kind, cfg, TRANSFORMER_SECTIONS, ignore)
         if not paths.tokenizer_file.is_file():
-            raise ConfigError(f"{paths.transformer_file} exists but its tokenizer {paths.tokenizer_file} is missing")
+            raise ConfigError(f"{file} exists but its tokenizer {paths.tokenizer_file} is missing")
         if payload["meta"].get("tokenizer_sha") != tokenizer_identity(paths.tokenizer_file):
-            raise ConfigError(f"{paths.transformer_file} was trained on another tokenizer; pass --force to retrain")
-        print(f"transformer: reusing {paths.transformer_file}")
+            raise ConfigError(f"{file} was trained on another tokenizer; pass --force to retrain")
+        print(f"{name}: reusing {file}")
         return payload["meta"]["metrics"]
     if force and d.exists():
         shutil.rmtree(d)
@@ -253,8 +278,8 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     tdm = TokenDataModule(cache, t.batch_size)
     cfg = fill_transformer_config(cfg, tdm.codebook_size, tdm.num_tokens, tdm.num_classes)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    module = MVTMModule(cfg)
-    logger = mlflow_logger_or_none(cfg, f"transformer-{t.schedule}", log)
+    module = Module(cfg)
+    logger = mlflow_logger_or_none(cfg, name, log)
     n_batches = len(tdm.dataset("train")) // t.batch_size
     trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches, t.precision)
     trainer.gradient_clip_val = t.grad_clip or None
@@ -262,23 +287,25 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     trainer.fit(module, tdm, ckpt_path=_last_ckpt(d, cfg, TRANSFORMER_SECTIONS))
     seconds = time.time() - start
     final = trainer.validate(module, tdm, verbose=False)[0]
+    acc_key = "token_acc" if kind == "ar_transformer" else "masked_acc"
     metrics = {
-        "val_loss": final["val/loss"], "val_masked_acc": final["val/masked_acc"],
+        "val_loss": final["val/loss"], f"val_{acc_key}": final[f"val/{acc_key}"],
         "train_seconds": round(seconds, 1), "steps": int(trainer.global_step),
         "parameters": module.model.num_parameters(), "ema": t.ema > 0,
     }
     meta = {"metrics": metrics, "tokenizer_file": str(paths.tokenizer_file), "tokenizer_sha": sha}
-    save_model(paths.transformer_file, "transformer", module.inference_model.cpu(), cfg, meta)
+    save_model(file, kind, module.inference_model.cpu(), cfg, meta)
     _finish(d, logger, metrics)
-    print(f"transformer[{t.schedule}]: val loss {metrics['val_loss']:.3f}, masked acc "
-          f"{metrics['val_masked_acc']:.1%}, {seconds:.0f} s -> {paths.transformer_file}")
+    print(f"{name}: val loss {metrics['val_loss']:.3f}, {acc_key} "
+          f"{metrics[f'val_{acc_key}']:.1%}, {seconds:.0f} s -> {file}")
     return metrics
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maskgit_lab.train", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["tokenizer", "tokenize", "transformer", "all"])
+    parser.add_argument("stage", choices=["tokenizer", "tokenize", "transformer", "ar", "all"],
+                        help="ar: the autoregressive baseline (same transformer, causal)")
     parser.add_argument("--config", default="experiments/fmnist.yaml", help="experiment YAML")
     parser.add_argument("--force", action="store_true", help="retrain even if a model file exists")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -293,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         print(tokenize(cfg))
     if args.stage in ("transformer", "all"):
         train_transformer(cfg, force=args.force, log=log)
+    if args.stage == "ar":
+        train_transformer(cfg, force=args.force, log=log, kind="ar_transformer")
     return 0
 
 

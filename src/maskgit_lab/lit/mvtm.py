@@ -29,10 +29,13 @@ class MVTMModule(L.LightningModule):
         self.cfg = cfg
         self.tcfg = cfg.transformer_train
         self.save_hyperparameters({"config": to_dict(cfg)})
-        self.model = MaskGITTransformer(cfg.transformer)
+        self.model = self.build_model(cfg)
         self.ema = None
         if self.tcfg.ema > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
+
+    def build_model(self, cfg: ExperimentConfig) -> torch.nn.Module:
+        return MaskGITTransformer(cfg.transformer)
 
     @property
     def inference_model(self) -> MaskGITTransformer:
