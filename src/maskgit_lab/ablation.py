@@ -46,7 +46,7 @@ LOGGED = {
 def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None) -> str:
     """Content key of a sweep: everything that changes its numbers (not paths or URIs)."""
     d = to_dict(cfg)
-    for k in ("runs_dir", "mlflow_uri", "name"):
+    for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
         d.pop(k)
     # settings of the other sweep kinds do not change this one's numbers
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}

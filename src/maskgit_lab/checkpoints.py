@@ -89,11 +89,11 @@ def load_tokenizer(path: str | Path):
 
 def load_transformer(path: str | Path):
     """-> (MaskGITTransformer in eval mode, ExperimentConfig, meta) from a transformer model file."""
-    from maskgit_lab.models.transformer import MaskGITTransformer
+    from maskgit_lab.models.transformer import build_transformer
 
     payload = load_checkpoint(path, "transformer")
     cfg = from_dict(payload["config"])  # cfg.transformer holds the filled-in sizes
-    model = MaskGITTransformer(cfg.transformer)
+    model = build_transformer(cfg.transformer)
     load_state_strict(model, payload["state_dict"], str(path))
     return model.eval(), cfg, payload["meta"]
 

@@ -39,6 +39,9 @@ class DataConfig:
     limit_train: int = 0
     limit_val: int = 0
     limit_test: int = 0
+    # A folder of pre-tokenized shards (python -m maskgit_lab.data.shards): stage 2 trains
+    # from them without touching images.
+    token_shards: str = ""
 
 
 @dataclass
@@ -134,6 +137,8 @@ class ExperimentConfig:
     mlflow_uri: str = ""  # empty: sqlite:///<runs_dir>/mlflow.db
     accelerator: str = "auto"
     devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...
     precision: str = "32-true"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -275,9 +280,10 @@ def validate(cfg: ExperimentConfig) -> None:
             f"tokenizer.resolution={tok.resolution} is not divisible by the downsampling "
             f"factor {2 ** (len(tok.ch_mult) - 1)} of ch_mult={list(tok.ch_mult)}"
         )
-    if cfg.data.image_size != tok.resolution:
+    if cfg.data.image_size != (tok.input_size or tok.resolution):
         raise ConfigError(
-            f"data.image_size={cfg.data.image_size} must equal tokenizer.resolution={tok.resolution}"
+            f"data.image_size={cfg.data.image_size} must equal tokenizer.input_size (or, when 0, "
+            f"tokenizer.resolution={tok.resolution})"
         )
     if cfg.data.name not in ("fmnist", "imagefolder"):
         raise ConfigError(f"unknown data.name {cfg.data.name!r}; valid: fmnist, imagefolder")

@@ -33,7 +33,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "
 
 TOKENIZER_SECTIONS = ("data", "tokenizer", "tokenizer_train")
 TRANSFORMER_SECTIONS = (*TOKENIZER_SECTIONS, "transformer", "transformer_train")
-IGNORED_DATA_KEYS = ("num_workers", "download")
+IGNORED_DATA_KEYS = ("num_workers", "download", "token_shards")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
         precision=precision or cfg.precision,
         max_steps=max_steps,
         max_epochs=-1,

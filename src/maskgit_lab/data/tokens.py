@@ -27,7 +27,7 @@ SPLITS = ("train", "val", "test")
 def data_key(cfg: DataConfig) -> str:
     """Hash of the data settings that change which images (and pixels) get encoded."""
     d = to_dict(cfg)
-    for k in ("num_workers", "download", "hflip"):
+    for k in ("num_workers", "download", "hflip", "token_shards"):
         d.pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from maskgit_lab.config import ExperimentConfig, to_dict
 from maskgit_lab.masking import random_mask
-from maskgit_lab.models.transformer import MaskGITTransformer
+from maskgit_lab.models.transformer import MaskGITTransformer, build_transformer
 
 Tensor = torch.Tensor
 
@@ -35,7 +35,7 @@ class MVTMModule(L.LightningModule):
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
 
     def build_model(self, cfg: ExperimentConfig) -> torch.nn.Module:
-        return MaskGITTransformer(cfg.transformer)
+        return build_transformer(cfg.transformer)
 
     @property
     def inference_model(self) -> MaskGITTransformer:

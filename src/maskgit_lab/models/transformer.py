@@ -32,6 +32,8 @@ class TransformerConfig:
     dropout: float = 0.1
     norm_first: bool = True
     class_position: Literal["first", "last"] = "first"
+    # "maskgit": this module; "maskgit-pytorch": the released MaskGIT-PyTorch weights' layout
+    layout: str = "maskgit"
     # Filled from the tokenizer and dataset when the model is built:
     codebook_size: int = 0
     num_tokens: int = 0
@@ -51,6 +53,8 @@ class TransformerConfig:
         )
         if out.dim % out.heads:
             raise ConfigError(f"transformer dim {out.dim} is not divisible by heads {out.heads}")
+        if out.layout not in LAYOUTS:
+            raise ConfigError(f"unknown transformer layout {out.layout!r}; valid: {', '.join(LAYOUTS)}")
         if out.class_position not in ("first", "last"):
             raise ConfigError(f"class_position must be 'first' or 'last', got {out.class_position!r}")
         return out
@@ -67,6 +71,18 @@ class TransformerConfig:
     @property
     def vocab_size(self) -> int:
         return self.codebook_size + self.num_classes + 2
+
+
+LAYOUTS = ("maskgit", "maskgit-pytorch")
+
+
+def build_transformer(cfg: TransformerConfig) -> nn.Module:
+    """The MaskGIT network of ``cfg.layout`` (same call and output either way)."""
+    if cfg.layout == "maskgit-pytorch":
+        from maskgit_lab.models.released import MaskGITPyTorchTransformer
+
+        return MaskGITPyTorchTransformer(cfg)
+    return MaskGITTransformer(cfg)
 
 
 # Named sizes. "base" is the paper's 24 x 768 model (16 heads as in the official config).

@@ -20,7 +20,13 @@ Tensor = torch.Tensor
 
 @dataclass
 class TokenizerConfig:
-    """Architecture of the tokenizer. Token grid side = resolution / 2**(len(ch_mult)-1)."""
+    """Architecture of the tokenizer. Token grid side = input size / 2**(len(ch_mult)-1).
+
+    ``resolution`` is the size the architecture was built for (it places the attention
+    blocks); ``input_size`` (0: the same) is the size of the images fed to it. Being
+    convolutional, a tokenizer built at 256 runs at 512 and gives a 32x32 grid (the released
+    ImageNet 512 setup).
+    """
 
     in_channels: int = 1
     resolution: int = 32
@@ -34,10 +40,11 @@ class TokenizerConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     commitment: float = 0.25
+    input_size: int = 0
 
     @property
     def grid_size(self) -> int:
-        return self.resolution // 2 ** (len(self.ch_mult) - 1)
+        return (self.input_size or self.resolution) // 2 ** (len(self.ch_mult) - 1)
 
     @property
     def num_tokens(self) -> int:
@@ -177,7 +184,7 @@ class Decoder(nn.Module):
         super().__init__()
         g = cfg.norm_groups
         cin = cfg.ch * cfg.ch_mult[-1]
-        res = cfg.grid_size
+        res = cfg.resolution // 2 ** (len(cfg.ch_mult) - 1)  # where the architecture puts attention
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
         self.mid = _Mid(cin, cfg.dropout, g)
         levels: list[_Level] = []
