@@ -105,6 +105,9 @@ class EvaluatorConfig:
     cas_steps: int = 1000  # classifier steps for the classification accuracy score (CAS)
     nll_draws: int = 1  # Monte-Carlo draws of (r, mask) per held-out sequence for the NLL
     inception_weights: str = ""
+    # FID reference statistics (.npz with mu, sigma; e.g. ImageNet val's) instead of the
+    # reference images' features: FID only, KID and precision/recall are then unavailable.
+    reference_stats: str = ""
 
 
 @dataclass

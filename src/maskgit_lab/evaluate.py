@@ -36,34 +36,44 @@ from maskgit_lab.eval.metrics import (
     cached_reference,
     check_extractor,
     compute_metrics,
+    load_statistics,
+    metrics_against_statistics,
     reference_key,
 )
-from maskgit_lab.io import atomic_write_text
+from maskgit_lab.io import atomic_write_text, file_sha256
 
 SOURCES = ("samples", "reconstructions", "train")
 PREPROCESSING = "fmnist-pad32-[-1,1]"
 
 
 class Evaluation:
-    """One extractor and the cached features of the first ``n`` real test images, loaded
-    once, scoring any stream of images against them (used by this command and the sweeps)."""
+    """One extractor and the reference, loaded once, scoring any stream of images against
+    it (used by this command and the sweeps). The reference: the cached features of the
+    first ``n`` real test images (Fashion-MNIST test, or the ImageFolder val split), or FID
+    statistics from an ``.npz`` (``evaluator.reference_stats``, e.g. ImageNet's)."""
 
     def __init__(self, cfg: ExperimentConfig, n: int, extractor: str | None = None, device: str = "cpu",
                  batch_size: int = 500) -> None:
-        from maskgit_lab.data.fmnist import FashionMNISTDataModule
+        from maskgit_lab.data.imagefolder import build_image_datamodule
 
-        if cfg.data.name != "fmnist":
-            raise ConfigError(
-                f"evaluation against a reference split needs data.name=fmnist, not {cfg.data.name!r} "
-                "(ImageNet reference statistics are not supported yet)"
-            )
         self.cfg, self.n, self.batch_size = cfg, n, batch_size
-        self.datamodule = FashionMNISTDataModule(cfg.data)
+        self.ext = build_extractor(check_extractor(extractor or cfg.evaluator.extractor), cfg, device)
+        self.stats = None
+        stats_file = cfg.evaluator.reference_stats
+        if stats_file:
+            if not Path(stats_file).is_file():
+                raise ConfigError(f"evaluator.reference_stats={stats_file!r} not found (an .npz with mu and sigma)")
+            self.datamodule = self.test = None
+            self.reference, self.cache_hit = None, False
+            self.reference_key = f"stats:{file_sha256(stats_file)}"
+            self.reference_name = f"statistics {Path(stats_file).name}"
+            return
+        self.datamodule = build_image_datamodule(cfg.data, batch_size)
         self.test = self.datamodule.dataset("test")
         if not 2 <= n <= len(self.test):
             raise ConfigError(f"N={n} must lie between 2 and the {len(self.test)} test images")
-        self.ext = build_extractor(check_extractor(extractor or cfg.evaluator.extractor), cfg, device)
-        key = reference_key(self.ext, "test", data_key(cfg.data), n, PREPROCESSING)
+        prep = PREPROCESSING if cfg.data.name == "fmnist" else f"center-crop-{cfg.data.image_size}-[-1,1]"
+        key = reference_key(self.ext, "test", data_key(cfg.data), n, prep)
         self.reference, self.cache_hit = cached_reference(
             cfg.run_dir / "reference", key,
             lambda: self.features(self.real_images("test"), desc=f"reference features ({self.ext.name})"),
@@ -71,12 +81,27 @@ class Evaluation:
         self.reference_key = key
         self.reference_name = f"{cfg.data.name}-test[:{n}]"
 
+    def _split(self, split: str):
+        if self.datamodule is None:
+            raise ConfigError("real images are not available when the reference is given as statistics")
+        return self.datamodule.dataset(split)
+
     def real_images(self, split: str) -> Iterator[torch.Tensor]:
         """The first n images of a split, in batches."""
-        return batches(self.datamodule.dataset(split).tensors[0][: self.n], self.batch_size)
+        ds = self._split(split)
+        if hasattr(ds, "tensors"):
+            return batches(ds.tensors[0][: self.n], self.batch_size)
+        from torch.utils.data import DataLoader, Subset
+
+        loader = DataLoader(Subset(ds, range(min(self.n, len(ds)))), batch_size=self.batch_size,
+                            num_workers=self.cfg.data.num_workers)
+        return (x for x, _ in loader)
 
     def real_labels(self, split: str) -> torch.Tensor:
-        return self.datamodule.dataset(split).tensors[1][: self.n]
+        ds = self._split(split)
+        if hasattr(ds, "tensors"):
+            return ds.tensors[1][: self.n]
+        return torch.tensor([ds[i][1] for i in range(min(self.n, len(ds)))])
 
     def features(self, images: Iterable[torch.Tensor], desc: str | None = None) -> Features:
         return self.ext(images, total=self.n, desc=desc)
@@ -85,6 +110,13 @@ class Evaluation:
         """Metrics against the reference; fewer generated images than n are scored against
         the first as many reference images (the tuner's small-N pruning stage)."""
         n = len(generated)
+        if self.stats is not None or self.cfg.evaluator.reference_stats:
+            if self.stats is None:
+                self.stats = load_statistics(self.cfg.evaluator.reference_stats, generated.features.shape[1])
+            result = metrics_against_statistics(generated, self.stats, extractor=self.ext.name,
+                                                reference_name=self.reference_name, seed=seed, labels=labels)
+            result["extractor_identity"] = self.ext.identity
+            return result
         reference, name = self.reference, self.reference_name
         if n < self.n:
             reference, name = Features(reference.features[:n], None), f"{name}[:{n}]"
@@ -94,8 +126,9 @@ class Evaluation:
         return result
 
 
-def held_out_codes(cfg: ExperimentConfig, tokenizer, tokenizer_sha: str, split: str = "test"):
-    """(codes [M, N], labels [M]) of a split: from the token cache if present, else encoded now."""
+def held_out_codes(cfg: ExperimentConfig, tokenizer, tokenizer_sha: str, split: str = "test", limit: int = 0):
+    """(codes [M, N], labels [M]) of a split: from the token cache if present, else the first
+    ``limit`` images (0: all) encoded now."""
     from maskgit_lab.data.tokens import cache_path, encode_split, load_token_cache
 
     path = cache_path(cfg.run_dir, tokenizer_sha, cfg.data)
@@ -103,9 +136,14 @@ def held_out_codes(cfg: ExperimentConfig, tokenizer, tokenizer_sha: str, split: 
         cache = load_token_cache(path, tokenizer_sha)
         codes, labels = cache["codes"][split], cache["labels"][split]
     else:
-        from maskgit_lab.data.fmnist import FashionMNISTDataModule
+        from maskgit_lab.data.imagefolder import build_image_datamodule
 
-        codes, labels = encode_split(tokenizer, FashionMNISTDataModule(cfg.data).dataset(split), desc=split)
+        ds = build_image_datamodule(cfg.data, 256).dataset(split)
+        if limit and limit < len(ds):
+            from torch.utils.data import Subset
+
+            ds = Subset(ds, range(limit))
+        codes, labels = encode_split(tokenizer, ds, desc=split)
     return codes.reshape(codes.shape[0], -1).long(), labels
 
 

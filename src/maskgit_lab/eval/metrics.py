@@ -114,6 +114,40 @@ def batches(images: Tensor, batch_size: int) -> Iterable[Tensor]:
     yield from images.split(batch_size)
 
 
+def load_statistics(path: str | Path, dim: int) -> dict:
+    """Reference FID statistics from an ``.npz`` with ``mu`` [D] and ``sigma`` [D, D]."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"reference statistics {str(p)!r} not found (an .npz with mu and sigma)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    except (KeyError, ValueError, OSError) as exc:
+        raise ConfigError(f"{p} is not an .npz of FID statistics with arrays mu and sigma ({exc})") from None
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ConfigError(f"{p}: mu {mu.shape} and sigma {sigma.shape} do not fit the extractor's {dim}-d features")
+    return {"mu": mu, "sigma": sigma}
+
+
+def metrics_against_statistics(generated: Features, stats: dict, *, extractor: str, reference_name: str,
+                               seed: int, labels: Tensor | None = None) -> dict:
+    """FID (and IS, class consistency) against reference statistics only: KID and
+    precision/recall need the reference features and are reported unavailable."""
+    mine = fid_features_to_statistics(generated.features.double())
+    out: dict = {FID: fid_statistics_to_metric(mine, stats, verbose=False)[FID]}
+    out.update({KID_MEAN: None, KID_STD: None, PRECISION: None, RECALL: None, F_SCORE: None})
+    notes = {k: "unavailable: the reference is given as FID statistics only" for k in (KID_MEAN, PRECISION, RECALL)}
+    if generated.logits is not None:
+        out.update(isc_features_to_metric(generated.logits, splits=10, shuffle=True, rng_seed=seed))
+    else:
+        out[IS_MEAN] = out[IS_STD] = None
+        notes[IS_MEAN] = f"unavailable: extractor {extractor} has no classifier logits"
+    return {"metrics": out, "n_generated": len(generated), "n_reference": None, "extractor": extractor,
+            "reference": reference_name, "seed": seed, "notes": notes}
+
+
 def compute_metrics(
     generated: Features,
     reference: Features,
