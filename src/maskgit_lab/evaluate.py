@@ -132,6 +132,15 @@ def held_out_codes(cfg: ExperimentConfig, tokenizer, tokenizer_sha: str, split: 
     from maskgit_lab.data.tokens import cache_path, encode_split, load_token_cache
 
     path = cache_path(cfg.run_dir, tokenizer_sha, cfg.data)
+    if cfg.data.token_shards:
+        from maskgit_lab.data.shards import ShardDataset
+
+        ds = ShardDataset(cfg.data.token_shards, "val" if split == "test" else split)
+        if ds.index["tokenizer_sha"] != tokenizer_sha:
+            raise ConfigError(f"token shards {cfg.data.token_shards} come from another tokenizer than the model's")
+        m = min(limit or len(ds), len(ds))
+        pairs = [ds[i] for i in range(m)]
+        return torch.stack([c for c, _ in pairs]), torch.tensor([y for _, y in pairs])
     if path.is_file():
         cache = load_token_cache(path, tokenizer_sha)
         codes, labels = cache["codes"][split], cache["labels"][split]

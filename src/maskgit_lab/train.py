@@ -120,7 +120,7 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
         precision=precision or cfg.precision,
         max_steps=max_steps,
         max_epochs=-1,
-        val_check_interval=max(1, min(val_every, n_batches)),
+        val_check_interval=max(1, min(val_every, n_batches // _world_size(cfg))),
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
@@ -129,6 +129,18 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
         default_root_dir=str(stage_dir),
         enable_model_summary=False,
     )
+
+
+def _world_size(cfg: ExperimentConfig) -> int:
+    """Processes Lightning will train with (each sees 1/world of the batches per epoch)."""
+    d = cfg.devices
+    if isinstance(d, list | tuple):
+        per_node = len(d)
+    elif isinstance(d, int) and d > 0:
+        per_node = d
+    else:  # "auto" or -1: every GPU, else one CPU process
+        per_node = torch.cuda.device_count() if cfg.accelerator in ("auto", "gpu", "cuda") else 1
+    return max(1, per_node) * max(1, cfg.num_nodes)
 
 
 # Settings a resumed run may change: extending or shortening training is legitimate.
@@ -204,15 +216,28 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
     start = time.time()
     trainer.fit(module, dm, ckpt_path=_last_ckpt(d, cfg, TOKENIZER_SECTIONS))
     seconds = time.time() - start
-    model = module.model.cpu().eval()
-    metrics = evaluate_reconstruction(model, dm.dataset("test"))
-    metrics.update(train_seconds=round(seconds, 1), steps=int(module.batches_done),
-                   parameters=sum(p.numel() for p in model.parameters()))
-    save_model(paths.tokenizer_file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test"})
-    _finish(d, logger, metrics)
-    print(f"tokenizer: test PSNR {metrics['psnr']:.2f} dB, code usage {metrics['code_usage']:.1%}, "
-          f"{seconds:.0f} s -> {paths.tokenizer_file}")
-    return metrics
+
+    def write() -> dict:
+        model = module.model.cpu().eval()
+        metrics = evaluate_reconstruction(model, dm.dataset("test"))
+        metrics.update(train_seconds=round(seconds, 1), steps=int(module.batches_done),
+                       parameters=sum(p.numel() for p in model.parameters()))
+        save_model(paths.tokenizer_file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test"})
+        _finish(d, logger, metrics)
+        print(f"tokenizer: test PSNR {metrics['psnr']:.2f} dB, code usage {metrics['code_usage']:.1%}, "
+              f"{seconds:.0f} s -> {paths.tokenizer_file}")
+        return metrics
+
+    return _on_rank_zero(trainer, write)
+
+
+def _on_rank_zero(trainer, write) -> dict:
+    """Under DDP rank 0 alone evaluates, writes the model file and logs; the other ranks
+    wait for it, so a following stage finds the file on every rank."""
+    out = write() if trainer.is_global_zero else {}
+    if trainer.world_size > 1:
+        trainer.strategy.barrier("model file written")
+    return out
 
 
 def mlflow_logger_or_none(cfg: ExperimentConfig, run_name: str, log: bool):
@@ -262,22 +287,34 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     d, file = (paths.ar_dir, paths.ar_file) if kind == "ar_transformer" else (paths.transformer_dir,
                                                                              paths.transformer_file)
     name = "ar-transformer" if kind == "ar_transformer" else f"transformer-{cfg.transformer_train.schedule}"
+    t = cfg.transformer_train
+    shards = None
+    if cfg.data.token_shards:  # pre-tokenized shards: no images, no token cache
+        from maskgit_lab.data.shards import ShardDataModule
+
+        shards = ShardDataModule(cfg.data.token_shards, t.batch_size, cfg.data.num_workers)
+        tok_file = Path(shards.tokenizer_file)
+    else:
+        tok_file = paths.tokenizer_file
     if file.is_file() and not force:
         # the masking schedule does not touch the autoregressive baseline
         ignore = ("schedule",) if kind == "ar_transformer" else ()
         payload = _check_same_settings(file, kind, cfg, TRANSFORMER_SECTIONS, ignore)
-        if not paths.tokenizer_file.is_file():
-            raise ConfigError(f"{file} exists but its tokenizer {paths.tokenizer_file} is missing")
-        if payload["meta"].get("tokenizer_sha") != tokenizer_identity(paths.tokenizer_file):
+        if shards is None and not tok_file.is_file():
+            raise ConfigError(f"{file} exists but its tokenizer {tok_file} is missing")
+        expected = shards.tokenizer_sha if shards is not None else tokenizer_identity(tok_file)
+        if payload["meta"].get("tokenizer_sha") != expected:
             raise ConfigError(f"{file} was trained on another tokenizer; pass --force to retrain")
         print(f"{name}: reusing {file}")
         return payload["meta"]["metrics"]
     if force and d.exists():
         shutil.rmtree(d)
-    cache = load_token_cache(tokenize(cfg))
-    sha = cache["tokenizer_sha"]  # the cache file is named by this hash, checked in tokenize()
-    t = cfg.transformer_train
-    tdm = TokenDataModule(cache, t.batch_size)
+    if shards is not None:
+        tdm, sha = shards, shards.tokenizer_sha
+    else:
+        cache = load_token_cache(tokenize(cfg))
+        sha = cache["tokenizer_sha"]  # the cache file is named by this hash, checked in tokenize()
+        tdm = TokenDataModule(cache, t.batch_size)
     cfg = fill_transformer_config(cfg, tdm.codebook_size, tdm.num_tokens, tdm.num_classes)
     L.seed_everything(t.seed, workers=True, verbose=False)
     module = Module(cfg)
@@ -290,17 +327,21 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     seconds = time.time() - start
     final = trainer.validate(module, tdm, verbose=False)[0]
     acc_key = "token_acc" if kind == "ar_transformer" else "masked_acc"
-    metrics = {
-        "val_loss": final["val/loss"], f"val_{acc_key}": final[f"val/{acc_key}"],
-        "train_seconds": round(seconds, 1), "steps": int(trainer.global_step),
-        "parameters": module.model.num_parameters(), "ema": t.ema > 0,
-    }
-    meta = {"metrics": metrics, "tokenizer_file": str(paths.tokenizer_file), "tokenizer_sha": sha}
-    save_model(file, kind, module.inference_model.cpu(), cfg, meta)
-    _finish(d, logger, metrics)
-    print(f"{name}: val loss {metrics['val_loss']:.3f}, {acc_key} "
-          f"{metrics[f'val_{acc_key}']:.1%}, {seconds:.0f} s -> {file}")
-    return metrics
+
+    def write() -> dict:
+        metrics = {
+            "val_loss": final["val/loss"], f"val_{acc_key}": final[f"val/{acc_key}"],
+            "train_seconds": round(seconds, 1), "steps": int(trainer.global_step),
+            "parameters": module.model.num_parameters(), "ema": t.ema > 0,
+        }
+        meta = {"metrics": metrics, "tokenizer_file": str(tok_file), "tokenizer_sha": sha}
+        save_model(file, kind, module.inference_model.cpu(), cfg, meta)
+        _finish(d, logger, metrics)
+        print(f"{name}: val loss {metrics['val_loss']:.3f}, {acc_key} "
+              f"{metrics[f'val_{acc_key}']:.1%}, {seconds:.0f} s -> {file}")
+        return metrics
+
+    return _on_rank_zero(trainer, write)
 
 
 @cli_errors
