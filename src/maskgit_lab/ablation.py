@@ -103,7 +103,7 @@ class GridRunner:
         first = next(iter(self.models.values()))
         self.tokenizer, self.num_tokens = first[1], first[0].cfg.num_tokens
         self.evaluation = Evaluation(cfg, self.n, None, device, cfg.sweep.batch_size)
-        codes, labels = held_out_codes(cfg, self.tokenizer, first[3]["tokenizer_sha"])
+        codes, labels = held_out_codes(cfg, self.tokenizer, first[3]["tokenizer_sha"], limit=cfg.sweep.nll_sequences)
         k = min(cfg.sweep.nll_sequences, codes.shape[0])
         self.held_out = (codes[:k], labels[:k])
         self._nll: dict[tuple[str, str], dict] = {}

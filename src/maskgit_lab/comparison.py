@@ -89,6 +89,9 @@ class ComparisonRunner:
         from maskgit_lab.train import run_paths, train_transformer
 
         self.cfg, self.device, self.n = cfg, device, cfg.sweep.n
+        if cfg.data.name != "fmnist":
+            raise ConfigError("the comparison's CAS column trains the Fashion-MNIST evaluator's classifier: "
+                              "it needs data.name=fmnist (ImageNet CAS needs an ImageNet classifier)")
         if checkpoint is None:
             checkpoint = ensure_models(cfg, [cfg.transformer_train.schedule])[cfg.transformer_train.schedule]
         if ar_checkpoint is None:
@@ -106,7 +109,7 @@ class ComparisonRunner:
         self.identity = {"maskgit": file_sha256(checkpoint), "ar": file_sha256(ar_checkpoint),
                          "tokenizer": tokenizer_identity(self.meta["tokenizer_file"])}
         self.evaluation = Evaluation(cfg, self.n, None, device, cfg.sweep.batch_size)
-        codes, labels = held_out_codes(cfg, self.tokenizer, self.meta["tokenizer_sha"])
+        codes, labels = held_out_codes(cfg, self.tokenizer, self.meta["tokenizer_sha"], limit=cfg.sweep.nll_sequences)
         k = min(cfg.sweep.nll_sequences, codes.shape[0])
         self.held_out = (codes[:k], labels[:k])
         sw = cfg.sweep

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_extractor(args.extractor or cfg.evaluator.extractor)
+    if args.cas and cfg.data.name != "fmnist":
+        raise ConfigError("--cas trains the Fashion-MNIST evaluator's classifier; it needs data.name=fmnist")
     ckpt = args.checkpoint or str(run_paths(cfg).transformer_file)
     needs_model = args.source != "train" or args.nll
     if needs_model and not Path(ckpt).is_file():
