@@ -52,10 +52,11 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     _dvc(repo, "config", "core.no_scm", "true", env=env)
 
     first = _dvc(repo, "repro", env=env)
-    assert {"prepare_data", "train_tokenizer", "tokenize", "train_transformer@cosine", "train_evaluator",
-            "schedule_ablation", "tune_sampler"} <= _ran(first), first
+    assert {"prepare_data", "train_tokenizer", "tokenize", "train_transformer@cosine", "train_ar",
+            "train_evaluator", "schedule_ablation", "tune_sampler", "comparison", "editing"} == _ran(first), first
     results = repo / "results/dvc_smoke"
-    for f in ("schedule_ablation.md", "summary.json", "fid_vs_steps.csv", "tune_sampler_cosine.md"):
+    for f in ("schedule_ablation.md", "summary.json", "fid_vs_steps.csv", "tune_sampler_cosine.md",
+              "comparison.md", "comparison.csv", "editing.md"):
         assert (results / f).is_file(), f
     assert "best_fid" in _dvc(repo, "metrics", "show", env=env)
 
@@ -65,6 +66,7 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     params["sweep"]["n"] = 30
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _dvc(repo, "repro", env=env)
-    assert _ran(third) == {"schedule_ablation", "tune_sampler"}, third
+    # the sample count feeds every evaluation stage and nothing upstream of them
+    assert _ran(third) == {"schedule_ablation", "tune_sampler", "comparison", "editing"}, third
     assert '"n": 30' in (results / "summary.json").read_text()
     assert not (ROOT / "results/dvc_smoke").exists(), "the committed results are untouched"
