@@ -25,13 +25,17 @@ import torch
 from maskgit_lab.comparison import machine_name
 from maskgit_lab.config import load_config
 from maskgit_lab.errors import ConfigError, cli_errors
-from maskgit_lab.speed import ar_seconds, forward_seconds, maskgit_seconds, random_models
+from maskgit_lab.speed import (
+    ar_seconds,
+    benchmark_num_classes,
+    forward_seconds,
+    maskgit_seconds,
+    peak_memory_gib,
+    random_models,
+    reset_peak_memory,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def num_classes(cfg) -> int:
-    return 10 if cfg.data.name == "fmnist" else 1000
 
 
 @cli_errors
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
     tok = cfg.tokenizer
     tcfg = replace(cfg.transformer, codebook_size=tok.codebook_size, num_tokens=tok.num_tokens,
-                   num_classes=num_classes(cfg)).resolved()
+                   num_classes=benchmark_num_classes(cfg)).resolved()
     for t in steps:
         replace(cfg.sampling, steps=t).validated(tcfg.num_tokens)
     dtype = DTYPES[args.dtype]
@@ -77,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'T':>4} " + "".join(f"{f'batch {b}':>14}" for b in batches))
     for t in steps:
         dcfg = replace(cfg.sampling, steps=t, guidance_weight=0.0)
+        reset_peak_memory(args.device)
         row = [maskgit_seconds(maskgit, b, dcfg, **kw) / b for b in batches]
         for b, v in zip(batches, row, strict=True):
             results[(f"maskgit-T{t}", b)] = v
-        print(f"{t:>4} " + "".join(f"{v:>14.5f}" for v in row), flush=True)
+        peak = peak_memory_gib(args.device)
+        print(f"{t:>4} " + "".join(f"{v:>14.5f}" for v in row)
+              + f"   ({1 / row[-1]:.1f} img/s at batch {batches[-1]}"
+              + (f", peak {peak:.2f} GiB)" if peak is not None else ")"), flush=True)
 
     if not args.no_ar:
         print(f"\nautoregressive baseline ({n} forward passes per image), seconds per image:")

@@ -46,6 +46,25 @@ def median_seconds(fn: Callable[[], object], device: torch.device | str, repeats
     return statistics.median(times)
 
 
+def benchmark_num_classes(cfg) -> int:
+    """Class count for random-weight benchmarks of an experiment (no dataset needed): 10 for
+    Fashion-MNIST, ImageNet's 1000 otherwise."""
+    return 10 if cfg.data.name == "fmnist" else 1000
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device | str) -> float | None:
+    """Peak CUDA memory allocated since the last reset, in GiB; None off the GPU (the CPU
+    allocator has no comparable counter)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def labels_for(batch: int, num_classes: int, device: torch.device | str) -> Tensor:
     return torch.arange(batch, device=device) % max(1, num_classes)
 
