@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 sec = median_seconds(fn, device, repeats=args.steps, warmup=2)
             peak = peak_memory_gib(device)
             print(f"{name:36s} {label:10s} batch {batch:4d}: {sec * 1000:9.1f} ms/step, "
-                  f"{batch / sec:8.1f} images/s" + (f", peak {peak:.2f} GiB" if peak is not None else ""),
+                  f"{batch / sec:9.2f} images/s" + (f", peak {peak:.2f} GiB" if peak is not None else ""),
                   flush=True)
     return 0
 
