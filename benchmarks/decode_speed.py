@@ -24,7 +24,7 @@ import torch
 
 from maskgit_lab.comparison import machine_name
 from maskgit_lab.config import load_config
-from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
 from maskgit_lab.speed import (
     ar_seconds,
     benchmark_num_classes,
@@ -42,7 +42,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/fmnist.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="autocast dtype of the forward passes")
     parser.add_argument("--steps", default="4,8,12,16", help="MaskGIT step counts T, comma-separated")
     parser.add_argument("--large-batch", type=int, default=500)
@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--steps {args.steps!r} must be comma-separated integers, e.g. 4,8,12") from None
     if args.large_batch < 1 or args.repeats < 1:
         raise ConfigError("--large-batch and --repeats must be at least 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
     tok = cfg.tokenizer
     tcfg = replace(cfg.transformer, codebook_size=tok.codebook_size, num_tokens=tok.num_tokens,
                    num_classes=benchmark_num_classes(cfg)).resolved()

@@ -20,7 +20,7 @@ import torch
 
 from maskgit_lab.comparison import machine_name
 from maskgit_lab.config import load_config
-from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
 from maskgit_lab.lit.mvtm import MVTMModule
 from maskgit_lab.models.vqgan import VQGAN
 from maskgit_lab.speed import (
@@ -38,7 +38,7 @@ DTYPES = {"fp32": None, "bf16-mixed": torch.bfloat16}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/fmnist.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement (median)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="one batch size for both stages instead of the config's")
@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise ConfigError("--steps and --batch-size must be at least 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA device is available; use --device cpu")
     cfg = load_config(args.config, args.overrides)
     tc = cfg.tokenizer
     cfg = fill_transformer_config(cfg, tc.codebook_size, tc.num_tokens, benchmark_num_classes(cfg))

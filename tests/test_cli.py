@@ -104,6 +104,20 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.parametrize("device,message", [
+    ("cuda:99", "cuda:99"), ("gpu", "unknown device 'gpu'; valid: cpu, cuda, cuda:<index>")])
+def test_every_command_refuses_a_device_it_cannot_use(device, message, tmp_path, capsys):
+    from maskgit_lab import ablation, edit, evaluate
+
+    for command in (sample.main, edit.main, evaluate.main, ablation.main):
+        with pytest.raises(SystemExit) as exc:
+            command(["--device", device, "--out-dir" if command is ablation.main else "--out",
+                     str(tmp_path / "never")])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, (command, err)
+        assert not (tmp_path / "never").exists()
+
+
 def test_guidance_refused_without_class_dropout(fmnist_dir, tmp_path, capsys):
     overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path}",
                  "transformer_train.class_dropout=0.0", "tokenizer_train.max_steps=2",

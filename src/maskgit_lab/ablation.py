@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from maskgit_lab.config import ExperimentConfig, to_dict
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.errors import ConfigError, add_device_argument
 from maskgit_lab.eval import metrics as M
 from maskgit_lab.io import file_sha256, git_commit
 
@@ -180,7 +180,7 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--config", default="experiments/fmnist.yaml", help="experiment YAML")
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///<runs>/optuna.db)")
     parser.add_argument("--checkpoint", help="use this transformer file instead of the config's trained one")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--out-dir", help="default: results/<experiment>")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. sweep.n=2000 'sweep.steps=[4,8]'")
 

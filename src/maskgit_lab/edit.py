@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
 from maskgit_lab.generate import codes_to_images, generate_codes
 from maskgit_lab.sampler import DecodeConfig, DecodeResult
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="edit.png")
     parser.add_argument("--process", help="also save the decoding steps to this PNG")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     add_decode_arguments(parser)
     args = parser.parse_args(argv)
     from maskgit_lab.config import load_config

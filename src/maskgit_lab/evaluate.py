@@ -25,7 +25,7 @@ import torch
 
 from maskgit_lab.config import ExperimentConfig, load_config
 from maskgit_lab.data.tokens import data_key
-from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
 from maskgit_lab.eval.metrics import (
     CLASS_CONSISTENCY,
     EXTRACTORS,
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--extractor", help=f"one of: {', '.join(EXTRACTORS)} (default: the config's evaluator.extractor)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--cas", action="store_true", help="also the classification accuracy score (trains a classifier)")
     parser.add_argument("--nll", action="store_true", help="also the masked-token NLL on the test tokens")
     parser.add_argument("--out", help="JSON file for the result (default: results/<experiment>/eval-<source>.json)")

@@ -17,7 +17,7 @@ import torch
 
 from maskgit_lab.checkpoints import load_tokenizer, load_transformer, tokenizer_identity
 from maskgit_lab.config import load_config
-from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
 from maskgit_lab.figures import decoding_process_figure, masked_overlay, sample_grid_figure
 from maskgit_lab.generate import check_guidance, codes_to_images, generate_codes, generate_images
 from maskgit_lab.sampler import GUIDANCE_RAMPS, GUMBEL_ANNEALS, MASK_CONVENTIONS, DecodeConfig
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="samples.png", help="output PNG of the grid")
     parser.add_argument("--process", help="also save the decoding process (two classes) to this PNG")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     add_decode_arguments(parser)
     args = parser.parse_args(argv)
     if args.per_class < 1:
