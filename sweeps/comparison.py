@@ -8,7 +8,7 @@ MaskGIT's best schedule and T come from the schedule ablation's summary.json unl
 --best is given; the AR baseline is trained first if missing. Resumable like the ablation.
 """
 
-from maskgit_lab.comparison import main
+from maskgit_lab.sweeps.comparison import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

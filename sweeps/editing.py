@@ -6,7 +6,7 @@
 Resumable like the ablation; single images: python -m maskgit_lab.edit --help.
 """
 
-from maskgit_lab.edit_table import main
+from maskgit_lab.sweeps.editing import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

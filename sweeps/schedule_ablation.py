@@ -7,7 +7,7 @@ Resumable: run it again after an interruption and it continues where it stopped;
 several machines with one --storage URL and they share the cells.
 """
 
-from maskgit_lab.ablation import main
+from maskgit_lab.sweeps.schedule_ablation import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

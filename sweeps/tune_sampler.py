@@ -5,7 +5,7 @@ with Optuna TPE (FID, or FID and time per image), pruning weak trials at a small
         [--trials 24] [--objectives fid|fid,time] [--storage URL] [key=value ...]
 """
 
-from maskgit_lab.tune import main
+from maskgit_lab.sweeps.tune_sampler import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

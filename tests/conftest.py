@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from smoke import SMOKE
+
+from maskgit_lab import train
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -43,14 +46,11 @@ def smoke_overrides(fmnist_dir, tmp_path) -> list[str]:
     return [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path / 'runs'}"]
 
 
-SMOKE = "experiments/fmnist_smoke.yaml"
 
 
 @pytest.fixture(scope="session")
 def trained(fmnist_dir, tmp_path_factory):
     """Train both smoke stages once (with MLflow logging); -> (overrides, experiment run folder)."""
-    from maskgit_lab import train
-
     runs = tmp_path_factory.mktemp("trained") / "runs"
     overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}"]
     assert train.main(["all", "--config", SMOKE, *overrides]) == 0

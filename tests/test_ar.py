@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from maskgit_lab.ar_sampler import ARDecodeConfig, ar_decode, ar_nll, filter_logits, sample_next
+from maskgit_lab.decoding.ar_sampler import (
+    ARDecodeConfig,
+    ar_decode,
+    ar_nll,
+    filter_logits,
+    sample_next,
+)
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.models.ar import ARTransformer
 from maskgit_lab.models.transformer import MaskGITTransformer, TransformerConfig

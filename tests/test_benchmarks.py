@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from smoke import SMOKE
+
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = "experiments/fmnist_smoke.yaml"
 
 
 def _bench(script: str, *args: str) -> subprocess.CompletedProcess:

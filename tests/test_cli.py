@@ -7,12 +7,17 @@ import sys
 
 import pytest
 import torch
+from smoke import SMOKE
 
-from maskgit_lab import sample, train
-from maskgit_lab.checkpoints import load_checkpoint
+from maskgit_lab import edit, evaluate, sample, train
+from maskgit_lab.checkpoints import load_checkpoint, load_model
+from maskgit_lab.config import load_config, to_dict, with_data_sizes
 from maskgit_lab.data import fmnist
-
-SMOKE = "experiments/fmnist_smoke.yaml"
+from maskgit_lab.decoding.generate import generate_images
+from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.eval.inception import random_state_dict
+from maskgit_lab.lit import stages
+from maskgit_lab.sweeps import schedule_ablation
 
 
 def test_train_writes_model_files_with_config(trained):
@@ -65,13 +70,10 @@ def test_sample_grid_and_process(trained, tmp_path):
 
 
 def test_generation_is_deterministic_and_schedule_matters(trained):
-    from maskgit_lab.checkpoints import load_tokenizer, load_transformer
-    from maskgit_lab.generate import generate_images
-    from maskgit_lab.sampler import DecodeConfig
 
     _, root = trained
-    tr, cfg, meta = load_transformer(root / "transformer-cosine" / "transformer.pt")
-    tok, _, _ = load_tokenizer(meta["tokenizer_file"])
+    tr, cfg, meta = load_model(root / "transformer-cosine" / "transformer.pt", "transformer")
+    tok, _, _ = load_model(meta["tokenizer_file"], "tokenizer")
     labels = torch.arange(10)
     a = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
     b = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
@@ -84,7 +86,7 @@ def run_cli(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path):
+def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path, capsys):
     _, root = trained
     ckpt = str(root / "transformer-cosine" / "transformer.pt")
     out = tmp_path / "never.png"
@@ -97,21 +99,26 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path):
         (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
     ]
     for args, message in cases:
-        r = run_cli("maskgit_lab.sample", *args, "--out", str(out))
-        assert r.returncode == 2, (args, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+        with pytest.raises(SystemExit) as exc:
+            sample.main([*args, "--out", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(lines) == 1 and message in lines[0], (args, lines)
         assert not out.exists()
+    # the same through a fresh interpreter: nothing else (warnings, tracebacks) reaches stderr
+    r = run_cli("maskgit_lab.sample", *cases[0][0], "--out", str(out))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: unknown mask schedule 'spiral'; valid "
+                                                                 "schedules: exponential, cubic, square, cosine, "
+                                                                 "linear, square_root, logarithmic, arccos"], r.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("device,message", [
     ("cuda:99", "cuda:99"), ("gpu", "unknown device 'gpu'; valid: cpu, cuda, cuda:<index>")])
 def test_every_command_refuses_a_device_it_cannot_use(device, message, tmp_path, capsys):
-    from maskgit_lab import ablation, edit, evaluate
 
-    for command in (sample.main, edit.main, evaluate.main, ablation.main):
+    for command in (sample.main, edit.main, evaluate.main, schedule_ablation.main):
         with pytest.raises(SystemExit) as exc:
-            command(["--device", device, "--out-dir" if command is ablation.main else "--out",
+            command(["--device", device, "--out-dir" if command is schedule_ablation.main else "--out",
                      str(tmp_path / "never")])
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and len(err.splitlines()) == 1 and message in err, (command, err)
@@ -134,11 +141,17 @@ def test_missing_dataset_says_three_ways(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fmnist, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.delenv(fmnist.ENV_VAR, raising=False)
     with pytest.raises(SystemExit) as exc:
+        train.main(["tokenizer", "--config", SMOKE, "--no-mlflow", f"runs_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "apt-get install dataset-fashion-mnist" in err and "data.download=true" in err and "MASKGIT_FMNIST_DIR" in err
+    # a folder named explicitly that lacks the dataset is an error, not a fallback
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
         train.main(["tokenizer", "--config", SMOKE, "--no-mlflow", f"data.root={tmp_path / 'empty'}",
                     f"runs_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2
-    assert "apt-get install dataset-fashion-mnist" in err and "data.download=true" in err and "MASKGIT_FMNIST_DIR" in err
+    assert exc.value.code == 2 and "does not hold Fashion-MNIST" in err and "train-images-idx3-ubyte.gz" in err, err
     assert not (tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt").exists()
 
 
@@ -169,19 +182,17 @@ def test_resume_from_last_checkpoint(fmnist_dir, tmp_path):
 
 def test_settings_check_resolves_presets():
     """A config that names a preset (sizes left at 0) matches the model file it trained."""
-    from maskgit_lab.config import load_config, to_dict
 
     cfg = load_config("experiments/fmnist.yaml")
     assert cfg.transformer.dim == 0  # sizes come from the preset
-    saved = to_dict(train.fill_transformer_config(cfg, 256, 64, 10))
-    assert train._settings_diff(saved, cfg, train.TRANSFORMER_SECTIONS) == []
+    saved = to_dict(with_data_sizes(cfg, 256, 64, 10))
+    assert stages._settings_diff(saved, cfg, stages.TRANSFORMER_SECTIONS) == []
     other = load_config("experiments/fmnist.yaml", ["transformer.depth=6"])
-    assert train._settings_diff(saved, other, train.TRANSFORMER_SECTIONS) == ["transformer.depth"]
+    assert stages._settings_diff(saved, other, stages.TRANSFORMER_SECTIONS) == ["transformer.depth"]
 
 
 @pytest.mark.parametrize("source", ["samples", "reconstructions", "train"])
 def test_evaluate_sources(trained, tmp_path, source):
-    from maskgit_lab import evaluate
 
     overrides, root = trained
     out = tmp_path / f"{source}.json"
@@ -201,8 +212,6 @@ def test_evaluate_sources(trained, tmp_path, source):
 
 def test_evaluate_with_inception_offline_random_weights(trained, tmp_path):
     """The Inception path end to end without any download: a weights file of the right shapes."""
-    from maskgit_lab import evaluate
-    from maskgit_lab.eval.inception import random_state_dict
 
     overrides, root = trained
     weights = tmp_path / "inception.pth"

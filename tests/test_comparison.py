@@ -3,34 +3,31 @@ on the same tokens, every row scored, the table and speed-ups written, MLflow ro
 a re-run reuses everything, and bad input is refused."""
 
 import json
+import re
 
 import mlflow
 import pandas as pd
 import pytest
+from smoke import SMOKE, sweep_args
 
-from maskgit_lab import comparison, tables
-from maskgit_lab.checkpoints import load_ar_transformer, load_transformer
-
-SMOKE = "experiments/fmnist_smoke.yaml"
+from maskgit_lab.checkpoints import load_model
+from maskgit_lab.sweeps import comparison, rebuild
 
 
 def args(trained, tmp_path, *extra):
-    overrides, _ = trained
-    return ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
-            str(tmp_path / "results"), *overrides, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "sweep.batch_size=8", *extra]
+    return sweep_args(trained, tmp_path, "sweep.batch_size=8", *extra)
 
 
 def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     _, run_dir = trained
-    assert comparison.main(args(trained, tmp_path, "--best", "linear:2")) == 0
+    assert comparison.main(args(trained, tmp_path, "--best", "linear:2", "sweep.ar_temperature_scan=[0.9,1.1]")) == 0
     out = tmp_path / "results"
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["Method"]) == ["MaskGIT (linear, T=2)", "MaskGIT (cosine, T=8)",
                                      "AR baseline (recompute)", "AR baseline (kv-cache)"]
     # the AR model was trained on the same tokens: 64 forward passes, one per token
-    ar, _, ar_meta = load_ar_transformer(run_dir / "ar-transformer" / "ar_transformer.pt")
-    mg, _, mg_meta = load_transformer(run_dir / "transformer-cosine" / "transformer.pt")
+    ar, _, ar_meta = load_model(run_dir / "ar-transformer" / "ar_transformer.pt", "ar_transformer")
+    mg, _, mg_meta = load_model(run_dir / "transformer-cosine" / "transformer.pt", "transformer")
     assert ar_meta["tokenizer_sha"] == mg_meta["tokenizer_sha"]
     assert list(table["Steps"]) == [2, 8, 64, 64]
     assert table["Params (M)"].iloc[2] == round(ar.num_parameters() / 1e6, 2)
@@ -39,23 +36,29 @@ def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     rec = json.loads((out / "comparison.json").read_text())["rows"]
     for k in ("fid", "precision", "recall", "cas_top1", "nll"):
         assert rec["ar-recompute"][k] == rec["ar-kv-cache"][k], k
-    assert 0 <= table["CAS top-1"].min() and table["CAS top-5"].max() <= 100
+    top1 = [float(v.split(" ± ")[0]) for v in table["CAS top-1"]]
+    top5 = [float(v.split(" ± ")[0]) for v in table["CAS top-5"]]
+    assert 0 <= min(top1) and max(top5) <= 100 and "±" in table["FID↓"].iloc[0]
     assert (table["ms/img (batch 1)"] > 0).all() and (table["img/s (large batch)"] > 0).all()
     md = (out / "comparison.md").read_text()
     assert "Speed-up" in md and "maskgit-best over ar-recompute" in md
+    info = json.loads((out / "comparison.json").read_text())
+    assert info["ar_temperature"] in (0.9, 1.1) and set(info["ar_temperature_scan"]) == {"0.9", "1.1"}
+    assert "Tuning budgets match" in md and "AR temperature" in md
     # MLflow: one finished nested run per row; the table rebuilds from them alone
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fmnist_smoke"],
                               filter_string="tags.sweep_role = 'cell' and attributes.status = 'FINISHED'")
-    assert sorted(runs["tags.cell"]) == sorted(f"row={r}" for r in comparison.ROWS)
+    assert sorted(runs["tags.cell"]) == sorted(f"row={r},seed={s}" for r in comparison.ROWS for s in (0, 1))
     before = (out / "comparison.csv").read_text()
     (out / "comparison.csv").unlink()
-    assert tables.main(["--config", SMOKE, "--out-dir", str(out), *args(trained, tmp_path)[6:]]) == 0
+    assert rebuild.main(["--config", SMOKE, "--out-dir", str(out), *args(trained, tmp_path)[6:]]) == 0
     assert (out / "comparison.csv").read_text() == before
     # a re-run computes nothing new
     capsys.readouterr()
-    assert comparison.main(args(trained, tmp_path, "--best", "linear:2")) == 0
-    assert "FID" not in capsys.readouterr().out.split("comparison ")[1].split("|")[0]
+    assert comparison.main(args(trained, tmp_path, "--best", "linear:2", "sweep.ar_temperature_scan=[0.9,1.1]")) == 0
+    out = capsys.readouterr().out
+    assert "(selection seed)" not in out and not re.search(r"^\[\d+/\d+\]", out, re.M), out
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -3,11 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskgit_lab.config import from_dict, load_config, parse_overrides, to_dict
+from maskgit_lab.config import from_dict, load_config, parse_overrides, to_dict, with_data_sizes
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.models.transformer import MaskGITTransformer
 from maskgit_lab.models.vqgan import VQGAN
-from maskgit_lab.train import fill_transformer_config
 
 EXPERIMENTS = sorted(Path("experiments").glob("*.yaml"))
 
@@ -23,7 +22,7 @@ def test_every_experiment_loads_and_builds(path):
     big = cfg.tokenizer.resolution > 64
     with torch.device("meta" if big else "cpu"):  # paper-size models: shapes only
         tok = VQGAN(cfg.tokenizer)
-        full = fill_transformer_config(cfg, cfg.tokenizer.codebook_size, cfg.tokenizer.num_tokens, 10)
+        full = with_data_sizes(cfg, cfg.tokenizer.codebook_size, cfg.tokenizer.num_tokens, 10)
         tr = MaskGITTransformer(full.transformer)
     assert tok.cfg.num_tokens == tr.cfg.num_tokens
     assert 1 <= cfg.sampling.steps <= cfg.tokenizer.num_tokens
@@ -32,7 +31,7 @@ def test_every_experiment_loads_and_builds(path):
 
 def test_paper_base_size():
     cfg = load_config("experiments/imagenet256.yaml")
-    full = fill_transformer_config(cfg, 1024, 256, 1000)
+    full = with_data_sizes(cfg, 1024, 256, 1000)
     with torch.device("meta"):
         tr = MaskGITTransformer(full.transformer)
     assert (tr.cfg.dim, tr.cfg.depth, tr.cfg.mlp_dim) == (768, 24, 3072)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from maskgit_lab.config import DataConfig
+from maskgit_lab.data import build_image_datamodule
 from maskgit_lab.data.fmnist import FashionMNISTDataModule, find_fmnist, read_idx, split_train_val
-from maskgit_lab.data.imagefolder import ImageFolderDataModule, build_image_datamodule
+from maskgit_lab.data.imagefolder import ImageFolderDataModule
 from maskgit_lab.data.tokens import TokenDataModule, build_token_cache, cache_path, load_token_cache
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.models.vqgan import VQGAN, TokenizerConfig

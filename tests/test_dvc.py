@@ -35,6 +35,7 @@ def _ran(output: str) -> set[str]:
 
 
 @pytest.mark.skipif(not DVC.exists(), reason="dvc is installed with the project")
+@pytest.mark.slow
 def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_dir):
     repo = tmp_path / "repo"
     _copy_repo(repo)
@@ -45,6 +46,7 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     params.update(config="experiments/dvc_smoke.yaml", experiment="dvc_smoke")
     params["sweep"].update(n=40, steps="[2,4]")
     params["tune"].update(trials=2)
+    params["taus"] = "1,3"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{DVC.parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -52,11 +54,13 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     _dvc(repo, "config", "core.no_scm", "true", env=env)
 
     first = _dvc(repo, "repro", env=env)
-    assert {"prepare_data", "train_tokenizer", "tokenize", "train_transformer@cosine", "train_ar",
-            "train_evaluator", "schedule_ablation", "tune_sampler", "comparison", "editing"} == _ran(first), first
+    transformers = {f"train_transformer@{s}" for s in params["train_schedules"]}
+    assert len(transformers) == 8, "the paper's design: one transformer per schedule"
+    assert {"prepare_data", "train_tokenizer", "tokenize", "train_ar", "train_evaluator", "schedule_ablation",
+            "tune_sampler", "comparison", "editing", "choice_temperature"} | transformers == _ran(first), first
     results = repo / "results/dvc_smoke"
     for f in ("schedule_ablation.md", "summary.json", "fid_vs_steps.csv", "tune_sampler_cosine.md",
-              "comparison.md", "comparison.csv", "editing.md"):
+              "comparison.md", "comparison.csv", "editing.md", "choice_temperature.md"):
         assert (results / f).is_file(), f
     assert "best_fid" in _dvc(repo, "metrics", "show", env=env)
 
@@ -67,6 +71,12 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _dvc(repo, "repro", env=env)
     # the sample count feeds every evaluation stage and nothing upstream of them
-    assert _ran(third) == {"schedule_ablation", "tune_sampler", "comparison", "editing"}, third
+    assert _ran(third) == {"schedule_ablation", "tune_sampler", "comparison", "editing", "choice_temperature"}, third
     assert '"n": 30' in (results / "summary.json").read_text()
+
+    # a change in a table writer re-runs the sweep stages (their finished cells are reused)
+    writer = repo / "src/maskgit_lab/sweeps/editing.py"
+    writer.write_text(writer.read_text() + "\n# changed\n")
+    fourth = _dvc(repo, "repro", env=env)
+    assert "editing" in _ran(fourth) and not _ran(fourth) & ({"train_tokenizer"} | transformers), fourth
     assert not (ROOT / "results/dvc_smoke").exists(), "the committed results are untouched"

@@ -1,32 +1,35 @@
 """Editing: regions in token space, known tokens kept exactly, the single-image command,
 and the Table 2 sweep on the smoke preset."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
+from smoke import SMOKE, sweep_args
 
-from maskgit_lab import edit, edit_table
+from maskgit_lab import edit
+from maskgit_lab.decoding import regions
+from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.sampler import DecodeConfig
-
-SMOKE = "experiments/fmnist_smoke.yaml"
+from maskgit_lab.sweeps import editing
 
 
 def test_regions_cover_the_right_tokens():
-    centre = edit.box_region(8, edit.center_box(0.5)).reshape(8, 8)
+    centre = regions.box_region(8, regions.center_box(0.5)).reshape(8, 8)
     assert centre.sum() == 16 and centre[2:6, 2:6].all()
-    right = edit.side_region(8, "right").reshape(8, 8)
+    right = regions.side_region(8, "right").reshape(8, 8)
     assert right[:, 4:].all() and not right[:, :4].any()
-    top = edit.side_region(8, "top", 0.25).reshape(8, 8)
+    top = regions.side_region(8, "top", 0.25).reshape(8, 8)
     assert top[:2].all() and not top[2:].any()
     # a box edge inside a patch takes that patch; on a border it does not take the next
-    assert edit.box_region(8, (0.0, 0.0, 0.13, 0.13)).reshape(8, 8)[:2, :2].all()
-    assert edit.box_region(8, (0.0, 0.0, 0.125, 0.125)).sum() == 1
+    assert regions.box_region(8, (0.0, 0.0, 0.13, 0.13)).reshape(8, 8)[:2, :2].all()
+    assert regions.box_region(8, (0.0, 0.0, 0.125, 0.125)).sum() == 1
     for bad in ((0.5, 0, 0.5, 1), (0, 0, 1.2, 1)):
         with pytest.raises(ConfigError, match="0 <= x0 < x1 <= 1"):
-            edit.box_region(8, bad)
+            regions.box_region(8, bad)
     with pytest.raises(ConfigError, match="valid: left, right, top, bottom"):
-        edit.side_region(8, "middle")
+        regions.side_region(8, "middle")
 
 
 class Tiny(torch.nn.Module):
@@ -44,15 +47,15 @@ class Tiny(torch.nn.Module):
 
 def test_edit_keeps_every_known_token():
     codes = torch.randint(0, 8, (3, 16))
-    region = edit.side_region(4, "right")
-    res = edit.edit_codes(Tiny(), codes, region, torch.tensor([0, 1, 2]), DecodeConfig(steps=4),
+    region = regions.side_region(4, "right")
+    res = regions.edit_codes(Tiny(), codes, region, torch.tensor([0, 1, 2]), DecodeConfig(steps=4),
                           torch.Generator().manual_seed(0), return_history=True)
     assert torch.equal(res.tokens[:, ~region], codes[:, ~region])
     assert (res.tokens < 8).all() and res.states.shape == (4, 3, 16)
     # the first step starts from the 8 masked tokens of each row, not from an empty grid
     assert (res.states[0] == 8).sum(1).max() < 8
     with pytest.raises(ConfigError, match="covers no token"):
-        edit.edit_codes(Tiny(), codes, torch.zeros(16, dtype=torch.bool), torch.tensor([0, 1, 2]),
+        regions.edit_codes(Tiny(), codes, torch.zeros(16, dtype=torch.bool), torch.tensor([0, 1, 2]),
                         DecodeConfig(steps=4), torch.Generator())
 
 
@@ -85,13 +88,11 @@ def test_edit_command_and_bad_input(trained, tmp_path, capsys):
 
 
 def test_editing_table(trained, tmp_path):
-    overrides, _ = trained
-    args = ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
-            str(tmp_path / "results"), *overrides, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    assert edit_table.main(args) == 0
+    assert editing.main(sweep_args(trained, tmp_path)) == 0
     table = pd.read_csv(tmp_path / "results" / "editing.csv")
     assert list(table["regenerated"]) == ["25%", "50%", "0%"]
     assert list(table["paper FID"].fillna(0)) == [7.92, 6.78, 0]
     # regenerating tokens moves the images away from the real ones more than reconstructing them
-    fid = dict(zip(table["Task"], table["FID↓"], strict=True))
-    assert fid[edit_table.TASK_LABELS["reconstruction"]] < fid[edit_table.TASK_LABELS["outpaint-right"]]
+    tasks = json.loads((tmp_path / "results" / "editing.json").read_text())["tasks"]
+    assert tasks["reconstruction"]["fid"]["mean"] < tasks["outpaint-right"]["fid"]["mean"]
+    assert tasks["reconstruction"]["fid"]["ci"] == pytest.approx(0, abs=1e-12), "no randomness in reconstructions"

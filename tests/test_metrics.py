@@ -11,6 +11,7 @@ from maskgit_lab.eval.metrics import (
     FID,
     IS_MEAN,
     KID_MEAN,
+    KID_STD,
     PRECISION,
     RECALL,
     FeatureExtractor,
@@ -63,9 +64,12 @@ def mmd2_unbiased_poly(x, y):
 
 def test_kid_known_answer_and_sign():
     x, y = gaussian(200, np.zeros(4), np.eye(4), 4), gaussian(200, np.ones(4), np.eye(4), 5)
-    # one subset of all samples: a permutation, so KID equals the full unbiased estimate
-    got = metrics(Features(x), Features(y), kid_subset_size=200, kid_subsets=1)[KID_MEAN]
-    assert got == pytest.approx(mmd2_unbiased_poly(x.numpy(), y.numpy()), rel=1e-9)
+    # subsets of half the samples: each subset's estimate is unbiased, so their mean over many
+    # subsets sits on the full unbiased estimate, and the subsets differ from one another
+    m = metrics(Features(x), Features(y), kid_subset_size=1000, kid_subsets=400)
+    assert m[KID_MEAN] == pytest.approx(mmd2_unbiased_poly(x.numpy(), y.numpy()), rel=0.05)
+    assert m[KID_STD] > 0
+    got = m[KID_MEAN]
     same = metrics(Features(x), Features(gaussian(200, np.zeros(4), np.eye(4), 6)), kid_subset_size=200)[KID_MEAN]
     assert abs(same) < got / 20
 
@@ -135,3 +139,28 @@ def test_reference_cache_reused(tmp_path):
     second, hit2 = cached_reference(tmp_path, key, compute)
     assert (hit1, hit2) == (False, True) and len(calls) == 1
     assert torch.equal(first.features, second.features)
+
+
+def test_kid_from_cached_kernels_equals_torch_fidelity():
+    from torch_fidelity.metric_kid import kid_features_to_metric as reference
+
+    from maskgit_lab.eval.metrics import kid_features_to_metric
+
+    x, y = gaussian(300, np.zeros(6), np.eye(6), 8), gaussian(250, np.full(6, 0.3), np.eye(6), 9)
+    kw = {"kid_subsets": 20, "kid_subset_size": 100, "rng_seed": 3}
+    ours, theirs = kid_features_to_metric(x, y, **kw), reference(x, y, **kw, verbose=False)
+    for k in theirs:
+        assert ours[k] == pytest.approx(theirs[k], rel=1e-9), k
+
+
+def test_images_reach_the_extractor_on_the_uint8_grid():
+    from maskgit_lab.eval.metrics import quantize_uint8
+
+    real = torch.arange(256, dtype=torch.float32).div(127.5).sub(1.0).reshape(1, 1, 16, 16)
+    assert torch.equal(quantize_uint8(real), real)  # real images pass unchanged
+    seen = []
+    ext = FeatureExtractor("probe", "x", lambda x: (seen.append(x) or x.flatten(1), None))
+    ext([torch.tensor([[[[0.3001, -0.9999]]]])])
+    assert torch.allclose(seen[0], torch.tensor([[[[38 / 127.5 * 1.0 + 128 / 127.5 - 1, -1.0]]]]), atol=1e-6)
+    levels = (seen[0] + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)

@@ -3,19 +3,17 @@ import math
 import lightning as L
 import pytest
 import torch
+from smoke import SMOKE
 from torch.utils.data import DataLoader, TensorDataset
 
-from maskgit_lab.config import load_config
+from maskgit_lab.config import load_config, with_data_sizes
+from maskgit_lab.decoding.masking import random_mask
+from maskgit_lab.decoding.schedules import gamma
 from maskgit_lab.lit.mvtm import MVTMModule
 from maskgit_lab.lit.tokenizer import TokenizerModule
-from maskgit_lab.masking import random_mask
 from maskgit_lab.models.losses import PerceptualLoss
 from maskgit_lab.models.transformer import MaskGITTransformer, TransformerConfig
 from maskgit_lab.models.vqgan import VQGAN, TokenizerConfig
-from maskgit_lab.schedules import gamma
-from maskgit_lab.train import fill_transformer_config
-
-SMOKE = "experiments/fmnist_smoke.yaml"
 
 
 def small_tokenizer(**kw) -> VQGAN:
@@ -190,7 +188,7 @@ def test_mvtm_module_lowers_loss_on_fixed_batch(ema):
     torch.manual_seed(0)
     cfg = load_config(SMOKE, ["transformer_train.max_steps=60", "transformer_train.lr=0.003",
                               f"transformer_train.ema={ema}", "transformer_train.label_smoothing=0.0"])
-    cfg = fill_transformer_config(cfg, codebook_size=12, num_tokens=16, num_classes=3)
+    cfg = with_data_sizes(cfg, codebook_size=12, num_tokens=16, num_classes=3)
     module = MVTMModule(cfg)
     labels = torch.arange(24) % 3
     # Learnable structure: each code is a function of the class and the position.
@@ -210,3 +208,51 @@ def test_mvtm_module_lowers_loss_on_fixed_batch(ema):
     if ema:
         diff = sum(float((a - b).detach().abs().sum()) for a, b in zip(module.ema.parameters(), module.model.parameters(), strict=True))
         assert diff > 0 and module.inference_model is module.ema
+
+
+def _reference_encoder(model: MaskGITTransformer) -> torch.nn.Module:
+    """The same network built from torch's own nn.TransformerEncoderLayer (the layout the suite
+    used before its SDPA blocks), loaded with ``model``'s weights."""
+    c = model.cfg
+    layer = torch.nn.TransformerEncoderLayer(c.dim, c.heads, c.mlp_dim, c.dropout, activation="gelu",
+                                             batch_first=True, norm_first=c.norm_first, layer_norm_eps=1e-12)
+    enc = torch.nn.TransformerEncoder(layer, c.depth, norm=torch.nn.LayerNorm(c.dim, eps=1e-12) if c.norm_first
+                                      else None, enable_nested_tensor=False)
+    enc.load_state_dict({k[len("blocks."):]: v for k, v in model.state_dict().items() if k.startswith("blocks.")})
+    return enc.eval()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_sdpa_blocks_match_torch_transformer_encoder(norm_first):
+    cfg = TransformerConfig(preset="tiny", codebook_size=32, num_tokens=16, num_classes=3, dropout=0.0,
+                            norm_first=norm_first)
+    torch.manual_seed(0)
+    model = MaskGITTransformer(cfg).eval()
+    ref = _reference_encoder(model)
+    x = torch.randn(5, 17, model.cfg.dim)
+    with torch.no_grad():
+        assert torch.allclose(model.blocks(x), ref(x), atol=1e-5)
+    # same seed, same initial weights as torch's layer would give (parameter order and init kept)
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(model.cfg.dim, model.cfg.heads, model.cfg.mlp_dim, 0.0,
+                                             activation="gelu", batch_first=True, norm_first=norm_first,
+                                             layer_norm_eps=1e-12)
+    ours = model.blocks.layers[0]
+    torch.manual_seed(0)
+    fresh = type(ours)(model.cfg.dim, model.cfg.heads, model.cfg.mlp_dim, 0.0, norm_first)
+    assert all(torch.equal(a, b) for a, b in zip(layer.state_dict().values(), fresh.state_dict().values(),
+                                                 strict=True))
+
+
+def test_explicit_attention_path_matches_the_fused_kernel():
+    from maskgit_lab.models.transformer import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    for causal in (False, True):
+        out = attention(qb, kb, vb, is_causal=causal)  # bf16 with gradients on the CPU: explicit form
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        assert torch.allclose(out.float(), ref, atol=3e-2)
+        out.float().sum().backward()
+        assert qb.grad is not None and torch.isfinite(qb.grad.float()).all()

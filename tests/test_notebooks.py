@@ -8,11 +8,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from smoke import SMOKE
 
-from maskgit_lab import ablation
+from maskgit_lab.sweeps import schedule_ablation
 
 NOTEBOOKS = sorted(Path("notebooks").glob("*.ipynb"))
-SMOKE = "experiments/fmnist_smoke.yaml"
 
 
 def test_there_are_notebooks_and_outputs_are_stripped():
@@ -27,10 +27,11 @@ def test_there_are_notebooks_and_outputs_are_stripped():
 @pytest.fixture(scope="module")
 def swept(trained):
     overrides, _ = trained
-    assert ablation.main(["--config", SMOKE, *overrides, "--out-dir", str(Path(overrides[2].split("=")[1]) / "out")]) == 0
+    assert schedule_ablation.main(["--config", SMOKE, *overrides, "--out-dir", str(Path(overrides[2].split("=")[1]) / "out")]) == 0
     return overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, swept, monkeypatch):
     monkeypatch.setenv("MASKGIT_NB_CONFIG", SMOKE)

@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
+from smoke import SMOKE
 
-from maskgit_lab import ablation, train
+from maskgit_lab import train
 from maskgit_lab.config import load_config
 from maskgit_lab.data.shards import ShardDataset, write_shards
-
-SMOKE = "experiments/fmnist_smoke.yaml"
+from maskgit_lab.sweeps import schedule_ablation
 
 
 def test_shards_resume_and_train_the_transformer_without_images(trained, tmp_path):
@@ -42,13 +43,14 @@ def test_shards_resume_and_train_the_transformer_without_images(trained, tmp_pat
     # stage 2 from the shards alone: the image folder is not even there
     shard_run = [SMOKE, *overrides[1:], "data.root=/nonexistent", f"data.token_shards={out}", "name=from_shards"]
     assert train.main(["transformer", "--no-mlflow", "--config", *shard_run]) == 0
-    from maskgit_lab.checkpoints import load_transformer
+    from maskgit_lab.checkpoints import load_model
 
     runs = next(o for o in overrides if o.startswith("runs_dir=")).split("=", 1)[1]
-    model, mcfg, meta = load_transformer(f"{runs}/from_shards/transformer-cosine/transformer.pt")
+    model, mcfg, meta = load_model(f"{runs}/from_shards/transformer-cosine/transformer.pt", "transformer")
     assert meta["tokenizer_sha"] == index["tokenizer_sha"] and model.cfg.num_tokens == 64
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(fmnist_dir, tmp_path):
     """Each LightningModule (tokenizer, MaskGIT, the AR baseline) for a few steps with
     Lightning's DDP on 2 CPU processes (gloo); rank 0 writes the model files."""
@@ -92,11 +94,13 @@ def test_ablation_from_imported_weights_on_an_imagefolder(tmp_path):
     args = ["--config", CONFIG, "--checkpoint", str(tmp_path / "released" / "transformer.pt"), "--device", "cpu",
             "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir", str(tmp_path / "results"), *common,
             "sweep.schedules=[cosine,linear]", "sweep.steps=[2,4]", "sweep.batch_size=4", "sweep.nll_sequences=6",
-            "sweep.grid_per_class=1"]
-    assert ablation.main(args) == 0
+            "sweep.grid_per_class=1", "sweep.seeds=[0,1]"]
+    assert schedule_ablation.main(args) == 0
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert summary["extractor"] == "inception-v3-compat" and set(summary["schedules"]) == {"cosine", "linear"}
-    assert all(np.isfinite(s["fid"]) and s["is"] is None for s in summary["schedules"].values())
+    assert summary["mode"] == "decode", "--checkpoint implies decode mode"
+    assert all(np.isfinite(t["fid_mean"]) and t["is_mean"] is None
+               for s in summary["schedules"].values() for t in s.values())
     # the same samples scored against ImageNet-style reference statistics (.npz of mu, sigma)
     stats = tmp_path / "ref.npz"
     np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))

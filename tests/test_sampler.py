@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from maskgit_lab.decoding.sampler import DecodeConfig, decode, reveal_increments
+from maskgit_lab.decoding.schedules import gamma
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.sampler import DecodeConfig, decode, reveal_increments
-from maskgit_lab.schedules import gamma
 
 K, N, MASK = 16, 36, 16
 
@@ -182,3 +182,51 @@ def test_impossible_steps(steps):
 def test_bad_settings(field, value):
     with pytest.raises(ConfigError):
         run(DecodeConfig(**{field: value}))
+
+
+def test_confidence_from_the_tempered_or_the_model_distribution():
+    """Position 0 has two equally likely codes (p = 0.5 at any temperature); position 1 one code
+    at model probability 0.4 that temperature 0.2 sharpens to ~1. Whichever is less confident
+    is re-masked after step 1 of 2: position 0 under the tempered distribution, position 1
+    under the model's."""
+    import math
+
+    k = 16
+    row0 = torch.full((k,), -1e9)
+    row0[:2] = 0.0
+    row1 = torch.zeros(k)
+    row1[0] = math.log(10.0)  # e^b / (e^b + 15) = 0.4
+    logits = torch.stack([row0, row1])[None]
+
+    def fn(tokens, labels):
+        return logits.expand(tokens.shape[0], -1, -1)
+
+    masked_after_step1 = {}
+    for source in ("tempered", "model"):
+        cfg = DecodeConfig(steps=2, schedule="cosine", choice_temperature=0.0, softmax_temperature=0.2,
+                           confidence=source)
+        res = decode(fn, torch.full((1, 2), k), k, cfg, torch.Generator().manual_seed(0), return_history=True)
+        masked_after_step1[source] = (res.states[0, 0] == k).nonzero().flatten().tolist()
+    assert masked_after_step1 == {"tempered": [0], "model": [1]}
+
+
+def test_log_and_exp_schedules_count_from_the_unknown_tokens_of_each_row():
+    """On a partially known grid (U0 = 16 of 64 unknown), the logarithmic schedule keeps the
+    official counts masked after each of T = 8 steps: floor(U0 * gamma((s+1)/T)) with N = U0,
+    clipped to [1, unknown - 1]."""
+    k = 8
+    start = torch.zeros(2, 64, dtype=torch.long)
+    start[0, :16] = k  # row 0: 16 unknown
+    start[1, :] = k  # row 1: all 64 unknown
+
+    def fn(tokens, labels):
+        return torch.zeros(tokens.shape[0], 64, k)
+
+    cfg = DecodeConfig(steps=8, schedule="logarithmic", choice_temperature=1.0)
+    res = decode(fn, start, k, cfg, torch.Generator().manual_seed(0), return_history=True)
+    masked = (res.states == k).sum(dim=2)  # [T, B]
+    assert masked[:, 0].tolist() == [12, 8, 5, 4, 2, 1, 1, 0]
+    assert masked[:, 1].tolist() == [int(64 * g) for g in gamma("logarithmic", torch.arange(1, 8) / 8, 64)] + [0]
+    # the history holds log p of each sampled token at the positions unknown before the step
+    assert torch.isnan(res.log_probs[0, 0, 16:]).all() and torch.allclose(
+        res.log_probs[0, 0, :16], torch.full((16,), -math.log(k)))

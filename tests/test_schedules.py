@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from maskgit_lab.decoding.schedules import SCHEDULES, canonical_name, gamma
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.schedules import SCHEDULES, canonical_name, gamma
 
 N = 64
 R = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999]

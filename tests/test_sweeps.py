@@ -10,19 +10,16 @@ import sys
 import time
 
 import mlflow
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
+from scipy import stats
+from smoke import SMOKE, sweep_args
 
-from maskgit_lab import ablation, tables
+from maskgit_lab.sweeps import rebuild, schedule_ablation
 
-SMOKE = "experiments/fmnist_smoke.yaml"
-CELLS = 6  # the smoke grid: 3 schedules x 2 step counts
-
-
-def sweep_args(trained, tmp_path, *extra):
-    overrides, _ = trained
-    return ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
-            str(tmp_path / "results"), *overrides, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+CELLS = 16  # the smoke grid: 3 schedules x 2 step counts x 2 seeds, and 2 reference rows x 2 seeds
 
 
 def finished_cells(tmp_path):
@@ -34,37 +31,56 @@ def finished_cells(tmp_path):
 
 def complete_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    return sorted(f"schedule={t.params['schedule']},steps={t.params['steps']}"
-                  for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    keys = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            names = ("reference_row", "seed") if "reference_row" in t.params else ("schedule", "steps", "seed")
+            keys.append(",".join(f"{n}={t.params[n]}" for n in names))
+    return sorted(keys)
 
 
 def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys):
-    assert ablation.main(sweep_args(trained, tmp_path)) == 0
+    assert schedule_ablation.main(sweep_args(trained, tmp_path)) == 0
     out = tmp_path / "results"
     for f in ("schedule_ablation.csv", "schedule_ablation.md", "schedule_ablation.tex", "fid_vs_steps.png",
               "fid_vs_steps.csv", "schedules.png", "summary.json"):
         assert (out / f).stat().st_size > 0, f
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["schedules"]) == {"cosine", "linear", "exponential"} and summary["mode"] == "decode"
+    assert set(summary["schedules"]) == {"cosine", "linear", "exponential"} and summary["mode"] == "train"
     md = (out / "schedule_ablation.md").read_text()
-    assert "decode-only" in md and "paper FID" in md
+    assert "per-schedule training" in md and "paper FID" in md and "paired t-test" in md
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "γ" not in line]
-    assert rows == ["Exponential", "Cosine", "Linear"], "Table 3's row order"
+    assert rows == ["Exponential", "Cosine", "Linear", "real validation images (floor)",
+                    "tokenizer reconstructions (ceiling)"], "Table 3's row order, then the reference rows"
+    _, run_dir = trained
+    for s in ("cosine", "linear", "exponential"):  # the paper's design: one model trained per schedule
+        assert (run_dir / f"transformer-{s}" / "transformer.pt").is_file()
+    # every interval is the 95% t interval of the per-seed cells (recomputed independently)
+    raw = pd.read_csv(out / "schedule_ablation_cells.csv")
+    for (sched, t), g in raw[raw["schedule"].notna()].groupby(["schedule", "steps"]):
+        agg = summary["schedules"][sched][str(int(t))]
+        fid = g["fid"].to_numpy()
+        half = stats.t.ppf(0.975, len(fid) - 1) * fid.std(ddof=1) / np.sqrt(len(fid))
+        assert agg["fid_mean"] == pytest.approx(fid.mean()) and agg["fid_ci"] == pytest.approx(half)
+        assert agg["seeds"] == 2
+    for t, best in summary["best_per_steps"].items():
+        means = {s: summary["schedules"][s][t]["fid_mean"] for s in summary["schedules"]}
+        assert best["schedule"] == min(means, key=means.get)
+    assert set(summary["references"]) == {"real", "reconstruction"}
     cells = finished_cells(tmp_path)
     assert len(cells) == CELLS and cells == complete_trials(tmp_path)
     first = (out / "schedule_ablation.csv").read_text()
 
     capsys.readouterr()
-    assert ablation.main(sweep_args(trained, tmp_path)) == 0
+    assert schedule_ablation.main(sweep_args(trained, tmp_path)) == 0
     assert "[1/" not in capsys.readouterr().out, "a finished sweep recomputes nothing"
     assert finished_cells(tmp_path) == cells and (out / "schedule_ablation.csv").read_text() == first
 
     # The tables rebuild from MLflow alone, to the same numbers.
     (out / "schedule_ablation.csv").unlink()
     overrides, _ = trained
-    assert tables.main(["--config", SMOKE, "--out-dir", str(out), *overrides,
+    assert rebuild.main(["--config", SMOKE, "--out-dir", str(out), *overrides,
                         f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
     assert (out / "schedule_ablation.csv").read_text() == first
 
@@ -86,6 +102,7 @@ def _n_complete(tmp_path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path):
     proc = _launch(trained, tmp_path, "sweep.seed=1")
     deadline = time.time() + 240
@@ -95,13 +112,14 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _n_complete(tmp_path) < CELLS
-    assert ablation.main(sweep_args(trained, tmp_path, "sweep.seed=1")) == 0
+    assert schedule_ablation.main(sweep_args(trained, tmp_path, "sweep.seed=1")) == 0
     cells = finished_cells(tmp_path)
     assert len(cells) == CELLS == len(set(cells)) and cells == complete_trials(tmp_path)
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert len(summary["schedules"]) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(trained, tmp_path):
     procs = [_launch(trained, tmp_path, "sweep.seed=2") for _ in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
@@ -120,10 +138,11 @@ def test_two_workers_share_one_study(trained, tmp_path):
     (["sampling.choice_temperature=-1"], "choice_temperature"),
     (["sampling.guidance_weight=1", "transformer_train.class_dropout=0"], "class dropout"),
 ])
-def test_bad_arguments_fail_before_any_work(trained, tmp_path, extra, message):
-    r = subprocess.run([sys.executable, "sweeps/schedule_ablation.py", *sweep_args(trained, tmp_path, *extra)],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_bad_arguments_fail_before_any_work(trained, tmp_path, extra, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        schedule_ablation.main(sweep_args(trained, tmp_path, *extra))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "results").exists() and not (tmp_path / "optuna.db").exists()
 
 
@@ -137,20 +156,20 @@ def test_unopenable_storage_is_one_line(trained, tmp_path, url):
 
 
 def test_tune_sampler_runs_resumes_and_records(trained, tmp_path):
-    from maskgit_lab import tune
+    from maskgit_lab.sweeps import tune_sampler
 
     args = sweep_args(trained, tmp_path, "sweep.tune_trials=3")
-    assert tune.main(args) == 0
+    assert tune_sampler.main(args) == 0
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     assert len(finished) == 3 and {"steps", "choice_temperature", "guidance_weight"} <= set(finished[0].params)
     assert 2 <= study.best_trial.params["steps"] <= 6  # sweep.tune_max_steps of the smoke preset
-    assert tune.main(args) == 0 and len(study.get_trials()) == 3, "a finished study adds no trials"
-    assert tune.main([*args, "--trials", "4"]) == 0 and len(study.get_trials()) == 4, "a larger budget continues"
+    assert tune_sampler.main(args) == 0 and len(study.get_trials()) == 3, "a finished study adds no trials"
+    assert tune_sampler.main([*args, "--trials", "4"]) == 0 and len(study.get_trials()) == 4, "a larger budget continues"
     md = (tmp_path / "results" / "tune_sampler_cosine.md").read_text()
-    assert "FID" in md and f"trial {study.best_trial.number}" in md
+    assert "FID" in md and f"trial {study.best_trial.number}" in md and "held-out seeds [1000, 1001]" in md
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
     assert len(runs) == 4 and runs["params.decode.steps"].notna().all()

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from maskgit_lab import weights
-from maskgit_lab.checkpoints import load_tokenizer
+from maskgit_lab.checkpoints import load_model, load_models
 from maskgit_lab.models.vqgan import VQGAN
-from maskgit_lab.sample import load_models
 
 CONFIG = "experiments/imagenet256.yaml"
 SMALL = ["data.image_size=16", "tokenizer.resolution=16", "tokenizer.ch=32", "tokenizer.ch_mult=[1,2,2]",
@@ -123,7 +122,7 @@ def test_import_then_forward_matches_the_hand_written_reference(sources):
         ours = transformer(codes, labels).double()
     assert torch.allclose(ours, reference_forward(tr_sd, codes, labels), atol=1e-4)
     # the tokenizer holds the taming weights; its codes are the nearest codebook entries
-    tok2, _, _ = load_tokenizer(tmp_path / "out" / "tokenizer.pt")
+    tok2, _, _ = load_model(tmp_path / "out" / "tokenizer.pt", "tokenizer")
     assert torch.equal(tok2.quantize.embedding.weight, vq_sd["quantize.embedding.weight"])
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     z = tok2.quant_conv(tok2.encoder(x)).permute(0, 2, 3, 1).reshape(-1, 8)

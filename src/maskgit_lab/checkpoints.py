@@ -10,18 +10,20 @@ Loading is strict: a wrong kind, a foreign file or mismatched keys is a ConfigEr
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from maskgit_lab.config import ExperimentConfig, from_dict, to_dict
+from maskgit_lab.config import ExperimentConfig, from_dict, stored_dict
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write, file_sha256, git_commit
+from maskgit_lab.models.registry import MODEL_KINDS
 
 FORMAT = "maskgit_lab/1"
-KINDS = ("tokenizer", "transformer", "ar_transformer")
+KINDS = tuple(MODEL_KINDS)
 
 
 def save_model(
@@ -33,7 +35,7 @@ def save_model(
     payload = {
         "format": FORMAT,
         "kind": kind,
-        "config": to_dict(cfg),
+        "config": stored_dict(cfg),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": {"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})},
     }
@@ -76,39 +78,70 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
-def load_tokenizer(path: str | Path):
-    """-> (VQGAN in eval mode, ExperimentConfig, meta) from a tokenizer model file."""
-    from maskgit_lab.models.vqgan import VQGAN
+def load_model(path: str | Path, kind: str):
+    """-> (network in eval mode, ExperimentConfig, meta) from a model file of ``kind``.
 
-    payload = load_checkpoint(path, "tokenizer")
+    The network is rebuilt from the config stored in the file (for transformers it holds the
+    filled-in sizes) and loaded strictly."""
+    payload = load_checkpoint(path, kind)
     cfg = from_dict(payload["config"])
-    model = VQGAN(cfg.tokenizer)
+    model = MODEL_KINDS[kind](cfg)
     load_state_strict(model, payload["state_dict"], str(path))
     return model.eval(), cfg, payload["meta"]
 
 
-def load_transformer(path: str | Path):
-    """-> (MaskGITTransformer in eval mode, ExperimentConfig, meta) from a transformer model file."""
-    from maskgit_lab.models.transformer import build_transformer
-
-    payload = load_checkpoint(path, "transformer")
-    cfg = from_dict(payload["config"])  # cfg.transformer holds the filled-in sizes
-    model = build_transformer(cfg.transformer)
-    load_state_strict(model, payload["state_dict"], str(path))
-    return model.eval(), cfg, payload["meta"]
-
-
-def load_ar_transformer(path: str | Path):
-    """-> (ARTransformer in eval mode, ExperimentConfig, meta) from an AR baseline model file."""
-    from maskgit_lab.models.ar import ARTransformer
-
-    payload = load_checkpoint(path, "ar_transformer")
-    cfg = from_dict(payload["config"])
-    model = ARTransformer(cfg.transformer)
-    load_state_strict(model, payload["state_dict"], str(path))
-    return model.eval(), cfg, payload["meta"]
+def load_models(checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"):
+    """-> (transformer, tokenizer, config, transformer meta), checking they belong together."""
+    transformer, cfg, meta = load_model(checkpoint, "transformer")
+    tok_path = Path(tokenizer or meta["tokenizer_file"])
+    if not tok_path.is_file():
+        raise ConfigError(f"tokenizer {str(tok_path)!r} of {checkpoint} not found; pass --tokenizer PATH")
+    if tokenizer_identity(tok_path) != meta["tokenizer_sha"]:
+        raise ConfigError(
+            f"wrong checkpoint: {tok_path} is not the tokenizer {checkpoint} was trained on "
+            f"(content hash {tokenizer_identity(tok_path)} != {meta['tokenizer_sha']})"
+        )
+    tok, _, _ = load_model(tok_path, "tokenizer")
+    return transformer.to(device), tok.to(device), cfg, meta
 
 
 def tokenizer_identity(path: str | Path) -> str:
     """Content key of a tokenizer file: what token caches and transformers are tied to."""
     return file_sha256(path)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where an experiment's stages write their files: runs/<experiment>/..."""
+
+    root: Path
+    schedule: str
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.pt"
+
+    @property
+    def transformer_dir(self) -> Path:
+        return self.root / f"transformer-{self.schedule}"
+
+    @property
+    def transformer_file(self) -> Path:
+        return self.transformer_dir / "transformer.pt"
+
+    @property
+    def ar_dir(self) -> Path:
+        return self.root / "ar-transformer"
+
+    @property
+    def ar_file(self) -> Path:
+        return self.ar_dir / "ar_transformer.pt"
+
+
+def run_paths(cfg: ExperimentConfig) -> RunPaths:
+    """The files of ``cfg``'s experiment (its transformer: the one trained with its schedule)."""
+    return RunPaths(cfg.run_dir, cfg.transformer_train.schedule)

@@ -9,6 +9,7 @@ checkpoint and logged with every run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,10 +18,16 @@ from typing import Any
 
 import yaml
 
+from maskgit_lab.decoding.ar_sampler import ARDecodeConfig
+from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.hardware import INFERENCE_PRECISIONS, PRECISIONS
 from maskgit_lab.models.transformer import TransformerConfig
 from maskgit_lab.models.vqgan import TokenizerConfig
-from maskgit_lab.sampler import DecodeConfig
+
+# Feature extractors for the metrics, by name (eval.metrics.EXTRACTORS builds each one).
+EXTRACTOR_NAMES = ("fmnist-evaluator", "inception-v3-compat")
 
 
 @dataclass
@@ -67,6 +74,7 @@ class TokenizerTrainConfig:
     val_every: int = 200
     seed: int = 0
     precision: str = ""  # Lightning precision for this stage; empty: the experiment's
+    compile: bool = False  # torch.compile the tokenizer for training (pays only for long runs)
 
 
 @dataclass
@@ -82,6 +90,7 @@ class TransformerTrainConfig:
     class_dropout: float = 0.1
     grad_clip: float = 1.0
     ema: float = 0.0  # 0 disables EMA weights, else the decay (e.g. 0.999)
+    compile: bool = False  # torch.compile the transformer for training (pays after some hundred steps)
     schedule: str = "cosine"  # training mask schedule gamma
     loss_on: str = "masked"  # masked | all
     val_every: int = 250
@@ -116,11 +125,17 @@ class SweepConfig:
 
     schedules: tuple[str, ...] = (
         "exponential", "cubic", "square", "cosine", "linear", "square_root", "logarithmic", "arccos")
-    steps: tuple[int, ...] = (4, 8, 12, 16)
+    steps: tuple[int, ...] = (4, 8, 16)
     n: int = 1000  # class-balanced samples per cell, scored against the first n test images
+    # Every cell is measured on one independent sample set per seed; tables report the mean
+    # and a 95% t interval over them. sweep.seed seeds the rest (NLL draws, TPE, CAS).
+    seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
-    mode: str = "decode"  # decode: one model, the schedule varies at sampling; train: one model per schedule
-    batch_size: int = 500
+    report_steps: int = 8  # T of the ablation's IS / precision / recall columns (the nearest T of the grid)
+    # train: one transformer trained per schedule (the paper's design); decode: one model,
+    # the schedule varies at sampling only
+    mode: str = "train"
+    batch_size: int = 250  # sampling batch: the fastest per image on the 2-core CPU (benchmarks/roofline.py)
     nll_sequences: int = 2000  # held-out test token grids for the NLL column
     grid_per_class: int = 4  # images per class in each cell's sample-grid artifact
     tune_trials: int = 24
@@ -129,6 +144,10 @@ class SweepConfig:
     tune_max_steps: int = 16
     # The autoregressive baseline's sampling in the comparison (Table 1).
     ar_temperature: float = 1.0
+    # When given, the AR baseline's temperature is chosen from these by FID on a selection
+    # seed (never a reported one) before the comparison: the same tuning budget as MaskGIT's
+    # choice-temperature scan, so Table 1 does not compare a tuned sampler with an untuned one.
+    ar_temperature_scan: tuple[float, ...] = ()
     ar_top_k: int = 0  # 0: every code
     ar_top_p: float = 1.0
 
@@ -142,7 +161,11 @@ class ExperimentConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...
-    precision: str = "32-true"
+    # Lightning precision of the training stages. auto: bf16-mixed where the hardware runs
+    # bf16 natively (CPU flags amx_bf16 / avx512_bf16, or a CUDA device with bf16), else 32-true.
+    precision: str = "auto"
+    # Sampling (transformer and tokenizer decoder): auto | fp32 | bf16 (auto as above).
+    inference_precision: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
@@ -275,8 +298,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that a single field's type cannot express."""
-    from maskgit_lab.schedules import canonical_name
-
+    positive = {
+        "tokenizer_train.batch_size": cfg.tokenizer_train.batch_size, "tokenizer_train.max_steps": cfg.tokenizer_train.max_steps,
+        "tokenizer_train.val_every": cfg.tokenizer_train.val_every,
+        "transformer_train.batch_size": cfg.transformer_train.batch_size,
+        "transformer_train.max_steps": cfg.transformer_train.max_steps,
+        "transformer_train.val_every": cfg.transformer_train.val_every, "evaluator.max_steps": cfg.evaluator.max_steps,
+        "evaluator.batch_size": cfg.evaluator.batch_size, "evaluator.cas_steps": cfg.evaluator.cas_steps,
+        "evaluator.nll_draws": cfg.evaluator.nll_draws, "sweep.batch_size": cfg.sweep.batch_size,
+        "sweep.nll_sequences": cfg.sweep.nll_sequences, "sweep.tune_trials": cfg.sweep.tune_trials,
+        "data.image_size": cfg.data.image_size, "data.val_size": cfg.data.val_size,
+    }
+    for where, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{where} must be at least 1, got {value}")
+    for where, value in (("tokenizer_train.lr", cfg.tokenizer_train.lr), ("transformer_train.lr", cfg.transformer_train.lr),
+                         ("evaluator.lr", cfg.evaluator.lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where} must be a finite number > 0, got {value}")
+    for where, value in (("data.limit_train", cfg.data.limit_train), ("data.limit_val", cfg.data.limit_val),
+                         ("data.limit_test", cfg.data.limit_test), ("data.num_workers", cfg.data.num_workers),
+                         ("transformer_train.warmup_steps", cfg.transformer_train.warmup_steps)):
+        if value < 0:
+            raise ConfigError(f"{where} must be >= 0, got {value}")
+    for where, value in (("transformer_train.weight_decay", cfg.transformer_train.weight_decay),
+                         ("transformer_train.label_smoothing", cfg.transformer_train.label_smoothing),
+                         ("transformer_train.grad_clip", cfg.transformer_train.grad_clip),
+                         ("transformer_train.ema", cfg.transformer_train.ema),
+                         ("tokenizer_train.disc_weight", cfg.tokenizer_train.disc_weight)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{where} must be a finite number >= 0, got {value}")
     tok = cfg.tokenizer
     if tok.resolution % 2 ** (len(tok.ch_mult) - 1):
         raise ConfigError(
@@ -288,6 +339,13 @@ def validate(cfg: ExperimentConfig) -> None:
             f"data.image_size={cfg.data.image_size} must equal tokenizer.input_size (or, when 0, "
             f"tokenizer.resolution={tok.resolution})"
         )
+    for where, value in (("precision", cfg.precision), ("tokenizer_train.precision", cfg.tokenizer_train.precision),
+                         ("transformer_train.precision", cfg.transformer_train.precision)):
+        if value and value not in PRECISIONS:
+            raise ConfigError(f"unknown {where} {value!r}; valid: {', '.join(PRECISIONS)}")
+    if cfg.inference_precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"unknown inference_precision {cfg.inference_precision!r}; "
+                          f"valid: {', '.join(INFERENCE_PRECISIONS)}")
     if cfg.data.name not in ("fmnist", "imagefolder"):
         raise ConfigError(f"unknown data.name {cfg.data.name!r}; valid: fmnist, imagefolder")
     if cfg.tokenizer_train.rec_loss not in ("l1", "l2"):
@@ -298,8 +356,6 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("transformer_train.class_dropout must lie in [0, 1)")
     cfg.transformer_train.schedule = canonical_name(cfg.transformer_train.schedule)
     cfg.transformer.resolved()
-    from maskgit_lab.eval.metrics import check_extractor
-
     check_extractor(cfg.evaluator.extractor)
     sw = cfg.sweep
     sw.schedules = tuple(canonical_name(x) for x in sw.schedules)
@@ -313,12 +369,34 @@ def validate(cfg: ExperimentConfig) -> None:
     for t in (*sw.steps, sw.tune_max_steps):
         if not 1 <= t <= tok.num_tokens:
             raise ConfigError(f"sweep steps T={t} impossible: T must lie in 1..{tok.num_tokens} (the number of tokens)")
+    if len(set(sw.seeds)) != len(sw.seeds) or not sw.seeds:
+        raise ConfigError(f"sweep.seeds={list(sw.seeds)} must be one or more distinct integers")
     if sw.n < 2 or sw.tune_n_small < 2 or sw.tune_n_small > sw.n:
         raise ConfigError(f"sweep.n={sw.n} and sweep.tune_n_small={sw.tune_n_small} must satisfy 2 <= tune_n_small <= n")
     cfg.sampling = cfg.sampling.validated(tok.num_tokens)
-    from maskgit_lab.ar_sampler import ARDecodeConfig
+    for t in (sw.ar_temperature, *sw.ar_temperature_scan):
+        ARDecodeConfig(temperature=t, top_k=sw.ar_top_k, top_p=sw.ar_top_p).validated(tok.codebook_size)
 
-    ARDecodeConfig(temperature=sw.ar_temperature, top_k=sw.ar_top_k, top_p=sw.ar_top_p).validated(tok.codebook_size)
+
+def check_extractor(name: str) -> str:
+    """``name`` if it is a known feature extractor, else a ConfigError listing them."""
+    if name not in EXTRACTOR_NAMES:
+        raise ConfigError(f"unknown feature extractor {name!r}; valid: {', '.join(EXTRACTOR_NAMES)}")
+    return name
+
+
+def with_data_sizes(cfg: ExperimentConfig, codebook_size: int, num_tokens: int, num_classes: int) -> ExperimentConfig:
+    """Copy of ``cfg`` whose transformer section carries the sizes the data imposes."""
+    tr = dataclasses.replace(cfg.transformer, codebook_size=codebook_size, num_tokens=num_tokens,
+                             num_classes=num_classes)
+    return dataclasses.replace(cfg, transformer=tr.resolved())
+
+
+def stored_dict(cfg: ExperimentConfig) -> dict:
+    """``to_dict`` for what is stored in model files and checkpoints: no tracking URI (it
+    names a server and may carry a password; where the runs are logged is not a setting of
+    the model)."""
+    return {**to_dict(cfg), "mlflow_uri": ""}
 
 
 def to_dict(cfg: Any) -> dict:

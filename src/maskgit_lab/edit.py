@@ -14,70 +14,32 @@ saves the decoding steps.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import functional as TF
 
-from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
-from maskgit_lab.generate import codes_to_images, generate_codes
-from maskgit_lab.sampler import DecodeConfig, DecodeResult
+from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.cli import add_decode_arguments, add_device_argument, decode_config_from_args
+from maskgit_lab.config import load_config
+from maskgit_lab.data import class_names
+from maskgit_lab.data.fmnist import FashionMNISTDataModule
+from maskgit_lab.decoding.generate import codes_to_images
+from maskgit_lab.decoding.regions import SIDES, box_region, center_box, edit_codes, side_region
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.figures import decoding_process_figure, edit_figure, masked_overlay
+from maskgit_lab.io import check_output
 
 Tensor = torch.Tensor
 
 MODES = ("inpaint", "outpaint", "class")
-SIDES = ("left", "right", "top", "bottom")
-
-
-def box_region(grid: int, box: tuple[float, float, float, float]) -> Tensor:
-    """Tokens whose patches overlap ``box`` = (x0, y0, x1, y1), fractions of the width and
-    height in [0, 1] -> bool [grid * grid] in raster order (True = regenerate)."""
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise ConfigError(f"box {box} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (fractions of the image)")
-    eps = 1e-9  # a box edge on a patch border does not take the neighbouring patch
-    c0, c1 = int(x0 * grid + eps), -int(-(x1 * grid - eps) // 1)
-    r0, r1 = int(y0 * grid + eps), -int(-(y1 * grid - eps) // 1)
-    region = torch.zeros(grid, grid, dtype=torch.bool)
-    region[r0:r1, c0:c1] = True
-    return region.flatten()
-
-
-def side_region(grid: int, side: str, fraction: float = 0.5) -> Tensor:
-    """The ``fraction`` of the image on one side (outpainting) -> bool [grid * grid]."""
-    if side not in SIDES:
-        raise ConfigError(f"unknown side {side!r}; valid: {', '.join(SIDES)}")
-    if not 0 < fraction < 1:
-        raise ConfigError(f"outpainting fraction must lie in (0, 1), got {fraction}")
-    f = fraction
-    box = {"left": (0, 0, f, 1), "right": (1 - f, 0, 1, 1), "top": (0, 0, 1, f), "bottom": (0, 1 - f, 1, 1)}[side]
-    return box_region(grid, box)
-
-
-def center_box(fraction: float = 0.5) -> tuple[float, float, float, float]:
-    """The centred box covering ``fraction`` of the width and of the height (Table 2: 50%)."""
-    m = (1 - fraction) / 2
-    return (m, m, 1 - m, 1 - m)
-
-
-@torch.inference_mode()
-def edit_codes(transformer, codes: Tensor, region: Tensor, labels: Tensor, config: DecodeConfig,
-               generator: torch.Generator, return_history: bool = False) -> DecodeResult:
-    """Regenerate the ``region`` ([N] or [B, N] bool) of ``codes`` [B, N] for class ``labels``
-    [B]; every token outside the region is kept exactly."""
-    if not bool(region.any()):
-        raise ConfigError("the region to regenerate covers no token")
-    start = codes.masked_fill(region.to(codes.device).expand_as(codes), transformer.cfg.mask_id)
-    return generate_codes(transformer, labels, config, generator, return_history, init_tokens=start)
 
 
 def load_image(path: str | Path, channels: int, size: int) -> Tensor:
     """An image file -> [1, C, size, size] in [-1, 1]. Images smaller than ``size`` are padded
     with black around the centre (as Fashion-MNIST's 28 px are to 32), larger ones resized
     on the shorter side and centre-cropped."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import functional as TF
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"input image {str(p)!r} not found")
@@ -105,36 +67,9 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def save_edit_figure(panels: list[tuple[str, Tensor]], title: str, path: str | Path) -> Path:
-    """Input, region and result side by side; each panel [C, H, W] in [-1, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from maskgit_lab.figures import _to_numpy_grid, save_figure
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
-    for ax, (name, img) in zip(axes, panels, strict=True):
-        ax.imshow(_to_numpy_grid(img[None], 1, pad=0), interpolation="nearest")
-        ax.set_title(name, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=8)
-    return save_figure(fig, path)
-
-
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    from maskgit_lab.figures import decoding_process_figure, masked_overlay
-    from maskgit_lab.sample import (
-        add_decode_arguments,
-        class_names,
-        decode_config_from_args,
-        load_models,
-    )
-
-    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.edit", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m maskgit_lab.edit", description=__doc__.splitlines()[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="image file to edit (PNG, JPEG, ...)")
     src.add_argument("--test-index", type=int, help="edit this image of the experiment's test split instead")
@@ -152,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(parser)
     add_decode_arguments(parser)
     args = parser.parse_args(argv)
-    from maskgit_lab.config import load_config
-    from maskgit_lab.train import run_paths
-
+    check_output(args.out, "--out")
+    if args.process:
+        check_output(args.process, "--process")
     cfg = load_config(args.config)
     ckpt = args.checkpoint or str(run_paths(cfg).transformer_file)
     if not Path(ckpt).is_file():
@@ -175,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
     label = args.label
     if args.test_index is not None:
-        from maskgit_lab.data.fmnist import FashionMNISTDataModule
-
         if mcfg.data.name != "fmnist":
             raise ConfigError("--test-index reads the Fashion-MNIST test split; pass --input for other data")
         test = FashionMNISTDataModule(mcfg.data).dataset("test")
@@ -202,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = masked_overlay(image, region[None], grid)[0]
     title = (f"{args.mode}: {int(region.sum())}/{region.numel()} tokens regenerated, class {names[label]}, "
              f"{dcfg.schedule} T={dcfg.steps}, seed {args.seed}")
-    save_edit_figure([("input", image[0]), ("region (grey)", shown), ("tokenizer reconstruction", recon),
+    edit_figure([("input", image[0]), ("region (grey)", shown), ("tokenizer reconstruction", recon),
                       ("edited", result)], title, args.out)
     print(f"wrote {args.out}: {title}")
     if args.process:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
+
+# Operating-system errors that are the user's environment, not a bug: reported in one line.
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+               errno.EISDIR}
 
 
 class ConfigError(ValueError):
@@ -20,7 +25,8 @@ class ConfigError(ValueError):
 
 
 def cli_errors(fn: F) -> F:
-    """Wrap a command's ``main`` so a ConfigError becomes one line on stderr and exit 2."""
+    """Wrap a command's ``main``: a ConfigError, or an OSError of the user's files (disk full,
+    permission, missing path), becomes one line on stderr and exit 2; Ctrl-C one line and 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,40 +36,22 @@ def cli_errors(fn: F) -> F:
             one_line = " ".join(str(exc).split())
             print(f"error: {one_line}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: finished work is kept; run the same command again to continue", file=sys.stderr)
+            raise SystemExit(130) from None
+        except OSError as exc:
+            if exc.errno not in FILE_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def checked_device(name: str) -> str:
-    """A ``--device`` value this machine can run on, else a ConfigError naming the valid ones."""
-    import torch
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad argument is a ConfigError (under ``cli_errors``:
+    one line on stderr, exit 2) instead of the usage block."""
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:<index>") from None
-    if device.type == "cpu":
-        return name
-    if device.type != "cuda":
-        raise ConfigError(f"unsupported device {name!r}; valid: cpu, cuda, cuda:<index>")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise ConfigError(f"--device {name} requested but no CUDA device is available; use --device cpu")
-    if device.index is not None and device.index >= count:
-        raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s); valid: cpu, cuda, "
-                          f"cuda:0..{count - 1}")
-    return name
-
-
-class _DeviceAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, checked_device(values))
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--device`` option every command shares: CUDA when present, else the CPU. A device
-    this machine lacks is refused while parsing, as a ConfigError (one line under ``cli_errors``)."""
-    import torch
-
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", action=_DeviceAction,
-                        help="cpu, cuda or cuda:<index> (default: cuda when available)")
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see --help)")

@@ -17,7 +17,6 @@ Layouts: ../shared/CHECKPOINT_LAYOUTS.md.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ from typing import Any
 import torch
 
 from maskgit_lab.checkpoints import load_state_strict, save_model
-from maskgit_lab.config import ExperimentConfig, load_config
-from maskgit_lab.errors import ConfigError, cli_errors
-from maskgit_lab.io import file_sha256
+from maskgit_lab.config import ExperimentConfig, load_config, with_data_sizes
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.io import check_output_dir, file_sha256
+from maskgit_lab.models.registry import build_transformer
+from maskgit_lab.models.vqgan import VQGAN
 
 VQGAN_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 OWN_BUFFERS = ("quantize.window_counts",)  # the suite's code-usage counter, not a weight
@@ -83,8 +84,6 @@ def transformer_state(payload: Any, source: str) -> dict[str, torch.Tensor]:
 
 def import_vqgan(path: str | Path, cfg: ExperimentConfig, trust: bool = False):
     """-> our VQGAN (eval mode) holding the released tokenizer's weights."""
-    from maskgit_lab.models.vqgan import VQGAN
-
     state = vqgan_state(load_source(path, trust), str(path))
     model = VQGAN(cfg.tokenizer)
     own = model.state_dict()
@@ -97,21 +96,17 @@ def import_vqgan(path: str | Path, cfg: ExperimentConfig, trust: bool = False):
 def released_transformer_config(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> ExperimentConfig:
     """The experiment with its transformer section set to the released layout; the class
     count is read from the embedding (V = K + 1 + C + 1), the sizes come from the config."""
-    from maskgit_lab.train import fill_transformer_config
-
     k = cfg.tokenizer.codebook_size
     rows = state["tok_emb.weight"].shape[0]
     if rows < k + 2:
         raise ConfigError(f"tok_emb.weight has {rows} rows, fewer than the {k} codes + mask + null class")
     tr = replace(cfg.transformer, layout="maskgit-pytorch", class_position="last")
     cfg = replace(cfg, transformer=tr)
-    return fill_transformer_config(cfg, k, cfg.tokenizer.num_tokens, rows - k - 2)
+    return with_data_sizes(cfg, k, cfg.tokenizer.num_tokens, rows - k - 2)
 
 
 def import_transformer(path: str | Path, cfg: ExperimentConfig, trust: bool = False):
     """-> (MaskGITPyTorchTransformer in eval mode, the experiment config it belongs to)."""
-    from maskgit_lab.models.transformer import build_transformer
-
     state = transformer_state(load_source(path, trust), str(path))
     cfg = released_transformer_config(cfg, state)
     model = build_transformer(cfg.transformer)
@@ -121,7 +116,7 @@ def import_transformer(path: str | Path, cfg: ExperimentConfig, trust: bool = Fa
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.weights", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m maskgit_lab.weights", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/imagenet256.yaml", help="experiment the weights belong to")
     parser.add_argument("--vqgan", required=True, help="taming VQGAN Lightning checkpoint (last.ckpt)")
     parser.add_argument("--transformer", help="MaskGIT-PyTorch transformer (.pth); omit to import the VQGAN only")
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. transformer.dropout=0.1")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out_dir or cfg.run_dir / "released")
+    out = check_output_dir(args.out_dir or cfg.run_dir / "released", "--out-dir")
     # Read and check both sources before writing anything.
     vq = import_vqgan(args.vqgan, cfg, args.trust_checkpoint)
     transformer = None

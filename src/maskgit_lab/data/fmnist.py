@@ -12,12 +12,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+from torchvision.datasets import FashionMNIST
 
 from maskgit_lab.config import DataConfig
 from maskgit_lab.data.base import SplitDataModule
@@ -38,8 +40,12 @@ CLASS_NAMES = (
 def read_idx(path: Path) -> np.ndarray:
     """Read an idx file (optionally gzipped) into a uint8 array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, unreadable
+        raise ConfigError(f"{path} cannot be read as an idx file ({type(exc).__name__}: {exc}); "
+                          "restore the dataset file") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ConfigError(f"{path} is not a uint8 idx file (bad magic number)")
     ndim = data[3]
@@ -56,20 +62,24 @@ def _has_files(folder: Path) -> bool:
 
 def find_fmnist(cfg: DataConfig) -> Path:
     """Return the folder holding the four idx files, or raise a ConfigError saying how to get them."""
-    candidates: list[tuple[str, Path]] = []
-    if cfg.root:
-        candidates.append(("data.root", Path(cfg.root)))
-    if os.environ.get(ENV_VAR):
-        candidates.append((ENV_VAR, Path(os.environ[ENV_VAR])))
-    candidates.append(("Debian package", DEBIAN_DIR))
+    # A folder the user names must hold the dataset: a typo is an error, never a silent
+    # fallback to another copy.
+    for src, value in (("data.root", cfg.root), (ENV_VAR, os.environ.get(ENV_VAR, ""))):
+        if value:
+            folder = Path(value)
+            if _has_files(folder):
+                return folder
+            if not (cfg.download and src == "data.root"):
+                missing = [f for pair in FILES.values() for f in pair if not (folder / f).is_file()]
+                raise ConfigError(f"{src}={value!r} does not hold Fashion-MNIST: missing {', '.join(missing)} "
+                                  f"(give the folder with the four idx .gz files, or unset {src})")
+    candidates: list[tuple[str, Path]] = [("Debian package", DEBIAN_DIR)]
     for _, folder in candidates:
         if _has_files(folder):
             return folder
     if cfg.download:
         target = Path(cfg.root or "data/fashion-mnist")
         try:
-            from torchvision.datasets import FashionMNIST
-
             FashionMNIST(str(target), train=True, download=True)
             FashionMNIST(str(target), train=False, download=True)
         except Exception as exc:  # network errors come in many types

@@ -8,22 +8,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Subset
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
 
 from maskgit_lab.config import DataConfig
 from maskgit_lab.data.base import SplitDataModule
 from maskgit_lab.errors import ConfigError
 
 
-def _transforms(size: int, train: bool, hflip: bool):
-    from torchvision import transforms as T
-
+def image_transforms(size: int, train: bool, hflip: bool):
     ops = [T.Resize(size)]
     ops.append(T.RandomCrop(size) if train else T.CenterCrop(size))
     if train and hflip:
         ops.append(T.RandomHorizontalFlip())
     ops += [T.ToTensor(), T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
     return T.Compose(ops)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """An image file as RGB; an unreadable one is a one-line error naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ConfigError(f"image {path} is unreadable ({type(exc).__name__}); remove or replace it") from None
+
+
+def image_folder(folder: Path, transform) -> ImageFolder:
+    """torchvision's ImageFolder over ``folder``; an empty one is a one-line error."""
+    try:
+        return ImageFolder(str(folder), transform, loader=load_rgb)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders, or no images in them
+        raise ConfigError(f"{folder} holds no images in class folders ({exc})") from None
 
 
 class ImageFolderDataModule(SplitDataModule):
@@ -46,14 +64,11 @@ class ImageFolderDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
-        from torch.utils.data import Subset
-        from torchvision.datasets import ImageFolder
-
         c = self.cfg
-        train = ImageFolder(str(self.root / "train"), _transforms(c.image_size, True, c.hflip))
+        train = image_folder(self.root / "train", image_transforms(c.image_size, True, c.hflip))
         val_dir = self.root / "val"
         if val_dir.is_dir():
-            val = ImageFolder(str(val_dir), _transforms(c.image_size, False, False))
+            val = image_folder(val_dir, image_transforms(c.image_size, False, False))
             if val.classes != train.classes:
                 raise ConfigError(f"{val_dir} and {self.root / 'train'} hold different class folders")
         else:
@@ -75,14 +90,3 @@ class ImageFolderDataModule(SplitDataModule):
         if split == "test":
             split = "val"  # ImageNet practice: the val split is the evaluation set
         return self._splits[split]
-
-
-def build_image_datamodule(cfg: DataConfig, batch_size: int) -> L.LightningDataModule:
-    """The image datamodule named by ``cfg.name``."""
-    if cfg.name == "fmnist":
-        from maskgit_lab.data.fmnist import FashionMNISTDataModule
-
-        return FashionMNISTDataModule(cfg, batch_size)
-    if cfg.name == "imagefolder":
-        return ImageFolderDataModule(cfg, batch_size)
-    raise ConfigError(f"unknown data.name {cfg.name!r}; valid: fmnist, imagefolder")

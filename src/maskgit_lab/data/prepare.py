@@ -10,19 +10,17 @@ data does, so the stages after it re-run only then.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from maskgit_lab.config import load_config, to_dict
-from maskgit_lab.errors import ConfigError, cli_errors
-from maskgit_lab.io import atomic_write_text, file_sha256
+from maskgit_lab.data.fmnist import FILES, FashionMNISTDataModule, find_fmnist
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.io import atomic_write_text, check_output, file_sha256
 
 
 def manifest(cfg) -> dict:
     if cfg.data.name == "fmnist":
-        from maskgit_lab.data.fmnist import FILES, FashionMNISTDataModule, find_fmnist
-
         folder = find_fmnist(cfg.data)
         dm = FashionMNISTDataModule(cfg.data)
         sizes = {s: len(dm.dataset(s)) for s in ("train", "val", "test")}
@@ -42,11 +40,12 @@ def manifest(cfg) -> dict:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.data.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m maskgit_lab.data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/fmnist.yaml")
     parser.add_argument("--out", required=True, help="manifest JSON to write")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
+    check_output(args.out, "--out")
     cfg = load_config(args.config, args.overrides)
     m = manifest(cfg)
     atomic_write_text(Path(args.out), json.dumps(m, indent=2, sort_keys=True) + "\n")

@@ -15,7 +15,6 @@ Train from the shards with ``data.token_shards=<out>``.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import os
@@ -25,10 +24,15 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
-from maskgit_lab.config import ExperimentConfig, load_config, to_dict
-from maskgit_lab.errors import ConfigError, cli_errors
-from maskgit_lab.io import atomic_write, atomic_write_text
+from maskgit_lab.checkpoints import load_model, tokenizer_identity
+from maskgit_lab.config import ExperimentConfig, from_dict, load_config, to_dict
+from maskgit_lab.data.fmnist import FashionMNISTDataModule
+from maskgit_lab.data.imagefolder import image_folder, image_transforms
+from maskgit_lab.data.tokens import data_key
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.io import atomic_write, atomic_write_text, check_output_dir
 
 SHARD_SPLITS = ("train", "val")
 
@@ -36,17 +40,11 @@ SHARD_SPLITS = ("train", "val")
 def split_dataset(cfg: ExperimentConfig, split: str) -> Dataset:
     """A split's (image, label) pairs with the deterministic evaluation transform."""
     if cfg.data.name == "fmnist":
-        from maskgit_lab.data.fmnist import FashionMNISTDataModule
-
         return FashionMNISTDataModule(cfg.data).dataset(split)
-    from torchvision.datasets import ImageFolder
-
-    from maskgit_lab.data.imagefolder import _transforms
-
     folder = Path(cfg.data.root) / split
     if not cfg.data.root or not folder.is_dir():
         raise ConfigError(f"{folder} not found: data.root must hold train/ and val/ ImageFolder trees")
-    ds = ImageFolder(str(folder), _transforms(cfg.data.image_size, False, False))
+    ds = image_folder(folder, image_transforms(cfg.data.image_size, False, False))
     limit = {"train": cfg.data.limit_train, "val": cfg.data.limit_val}.get(split, 0)
     return Subset(ds, range(min(limit, len(ds)))) if limit else ds
 
@@ -68,16 +66,11 @@ def _shard_done(folder: Path, i: int, count: int) -> bool:
 def _encode_worker(rank: int, world: int, cfg_dict: dict, tokenizer_file: str, split: str, folder: str,
                    shard_size: int, device_kind: str, threads: int) -> None:
     """Encode shards rank, rank + world, ... that are not finished yet."""
-    from tqdm.auto import tqdm
-
-    from maskgit_lab.checkpoints import load_tokenizer
-    from maskgit_lab.config import from_dict
-
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(f"cuda:{rank}") if device_kind == "cuda" else torch.device("cpu")
     cfg = from_dict(cfg_dict)
-    tok, _, _ = load_tokenizer(tokenizer_file)
+    tok, _, _ = load_model(tokenizer_file, "tokenizer")
     tok = tok.to(device)
     ds = split_dataset(cfg, split)
     out = Path(folder)
@@ -102,14 +95,11 @@ def _encode_worker(rank: int, world: int, cfg_dict: dict, tokenizer_file: str, s
 def write_shards(cfg: ExperimentConfig, tokenizer_file: str | Path, split: str, out: str | Path,
                  shard_size: int = 10000, processes: int = 0) -> Path:
     """Encode ``split`` into shards under ``out/split`` (resumable); returns the index path."""
-    from maskgit_lab.checkpoints import load_tokenizer, tokenizer_identity
-    from maskgit_lab.data.tokens import data_key
-
     if split not in SHARD_SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SHARD_SPLITS)}")
     if shard_size < 1:
         raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
-    tok, _, _ = load_tokenizer(tokenizer_file)  # checks the file before any work
+    tok, _, _ = load_model(tokenizer_file, "tokenizer")  # checks the file before any work
     if tok.cfg.codebook_size > np.iinfo(np.uint16).max + 1:
         raise ConfigError(f"codebook of {tok.cfg.codebook_size} codes does not fit uint16 shards")
     ds = split_dataset(cfg, split)
@@ -153,8 +143,12 @@ class ShardDataset(Dataset):
     def __init__(self, root: str | Path, split: str) -> None:
         self.index = read_index(root, split)
         folder = Path(root) / split
-        self.codes = [np.load(folder / s["codes"], mmap_mode="r") for s in self.index["shards"]]
-        self.labels = [np.load(folder / s["labels"], mmap_mode="r") for s in self.index["shards"]]
+        try:
+            self.codes = [np.load(folder / s["codes"], mmap_mode="r") for s in self.index["shards"]]
+            self.labels = [np.load(folder / s["labels"], mmap_mode="r") for s in self.index["shards"]]
+        except (OSError, ValueError, EOFError) as exc:  # a truncated or missing shard
+            raise ConfigError(f"token shards in {folder} are unreadable ({type(exc).__name__}: {exc}); "
+                              "write them again with python -m maskgit_lab.data.shards") from None
         self.starts = np.cumsum([0] + [s["count"] for s in self.index["shards"]]).tolist()
 
     def __len__(self) -> int:
@@ -195,7 +189,7 @@ class ShardDataModule(L.LightningDataModule):
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.data.shards", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m maskgit_lab.data.shards", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/imagenet256.yaml")
     parser.add_argument("--tokenizer", required=True, help="tokenizer model file (trained or imported)")
     parser.add_argument("--split", choices=SHARD_SPLITS, action="append",
@@ -205,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=0, help="CPU worker processes (GPUs: one per GPU)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    check_output_dir(args.out, "--out")
     cfg = load_config(args.config, args.overrides)
     for split in args.split or SHARD_SPLITS:
         index = write_shards(cfg, args.tokenizer, split, args.out, args.shard_size, args.processes)

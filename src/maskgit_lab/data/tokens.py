@@ -7,8 +7,6 @@ stage 2 never re-encodes images.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -18,18 +16,39 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from maskgit_lab.config import DataConfig, to_dict
+from maskgit_lab.data.fmnist import FILES as FMNIST_FILES
+from maskgit_lab.data.fmnist import find_fmnist
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import atomic_write
+from maskgit_lab.io import atomic_write, content_key
 
 SPLITS = ("train", "val", "test")
 
 
+def data_files_identity(cfg: DataConfig) -> list:
+    """What the data files are: (name, size, modification time) of each file read, so caches
+    made from other files (another MASKGIT_FMNIST_DIR, a changed ImageFolder) are never reused."""
+    if cfg.name == "fmnist":
+        folder = find_fmnist(cfg)
+        return [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns]
+                for pair in FMNIST_FILES.values() for f in pair]
+    out = []
+    root = Path(cfg.root)
+    for split in ("train", "val"):
+        d = root / split
+        if d.is_dir():  # per class folder: its file count and the folder's mtime (a cheap listing)
+            for c in sorted(p for p in d.iterdir() if p.is_dir()):
+                out.append([f"{split}/{c.name}", sum(1 for _ in c.iterdir()), c.stat().st_mtime_ns])
+    return out
+
+
 def data_key(cfg: DataConfig) -> str:
-    """Hash of the data settings that change which images (and pixels) get encoded."""
+    """Hash of the data settings that change which images (and pixels) get encoded, and of
+    the identity of the files they come from."""
     d = to_dict(cfg)
     for k in ("num_workers", "download", "hflip", "token_shards"):
         d.pop(k)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    d["files"] = data_files_identity(cfg)
+    return content_key(d, 12)
 
 
 def cache_path(run_dir: Path, tokenizer_sha: str, cfg: DataConfig) -> Path:
@@ -55,7 +74,12 @@ def build_token_cache(tokenizer, tokenizer_sha: str, datamodule, cfg: DataConfig
     """Encode every split once and write the cache atomically; reuse it if present."""
     path = cache_path(run_dir, tokenizer_sha, cfg)
     if path.is_file():
-        return path
+        try:
+            load_token_cache(path, tokenizer_sha)
+            return path
+        except ConfigError as exc:
+            print(f"warning: {exc}; encoding the splits again", file=sys.stderr)
+            path.unlink()
     tokenizer.eval()
     payload: dict = {"tokenizer_sha": tokenizer_sha, "data": to_dict(cfg), "codes": {}, "labels": {}}
     for split in SPLITS:
@@ -71,7 +95,14 @@ def load_token_cache(path: Path, tokenizer_sha: str | None = None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"token cache {str(p)!r} not found; run the tokenize step first")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+        ok = isinstance(payload, dict) and all(
+            isinstance(payload.get(k), dict) and set(SPLITS) <= set(payload[k]) for k in ("codes", "labels"))
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise ConfigError(f"token cache {p} is unreadable ({type(exc).__name__})") from None
+    if not ok:
+        raise ConfigError(f"token cache {p} is not a token cache (missing splits)")
     if tokenizer_sha is not None and payload.get("tokenizer_sha") != tokenizer_sha:
         raise ConfigError(
             f"token cache {p} was made by tokenizer {payload.get('tokenizer_sha')}, not {tokenizer_sha}"

@@ -6,6 +6,7 @@ It is the fast default for sweeps on CPU; the standard Inception is for final ro
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from maskgit_lab.config import EvaluatorConfig, ExperimentConfig, to_dict
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.checkpoints import load_state_strict
+from maskgit_lab.config import EvaluatorConfig, ExperimentConfig, load_config, to_dict
+from maskgit_lab.data.fmnist import FashionMNISTDataModule
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import atomic_write, file_sha256
 
 Tensor = torch.Tensor
@@ -79,8 +83,6 @@ class EvaluatorModule(L.LightningModule):
 @torch.inference_mode()
 def accuracy(net: FMNISTClassifier, dataset, batch_size: int = 500) -> tuple[float, float]:
     """(top-1, top-5) accuracy of ``net`` on a dataset of (image, label)."""
-    from torch.utils.data import DataLoader
-
     net.eval()
     top1 = top5 = n = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
@@ -108,8 +110,6 @@ def classification_accuracy_score(
 ) -> dict:
     """CAS (Ravuri & Vinyals; the paper's Table 1): train a classifier on (images, labels),
     report its top-1 / top-5 accuracy on the real test set."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(images.float(), labels.long()), batch_size=e.batch_size, shuffle=True,
                         generator=gen, drop_last=len(images) > e.batch_size)
@@ -124,11 +124,13 @@ def evaluator_path(cfg: ExperimentConfig) -> Path:
 
 def train_evaluator(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Train the evaluator on the train split (once; cached) and record its test accuracy."""
-    from maskgit_lab.data.fmnist import FashionMNISTDataModule
-
     path = evaluator_path(cfg)
     if path.is_file() and not force:
-        return path
+        try:
+            load_evaluator(path)
+            return path
+        except ConfigError as exc:
+            print(f"warning: {exc}; training the evaluator again", file=sys.stderr)
     if cfg.data.name != "fmnist":
         raise ConfigError(f"the fmnist evaluator needs data.name=fmnist, not {cfg.data.name!r}; use the inception extractor")
     e = cfg.evaluator
@@ -151,12 +153,13 @@ def train_evaluator(cfg: ExperimentConfig, force: bool = False) -> Path:
 
 def load_evaluator(path: str | Path) -> tuple[FMNISTClassifier, dict, str]:
     """-> (classifier in eval mode, meta, content hash) from an evaluator file (weights_only=True)."""
-    from maskgit_lab.checkpoints import load_state_strict
-
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"evaluator {str(p)!r} not found; train it with `python -m maskgit_lab.evaluate --train-evaluator`")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
+        raise ConfigError(f"evaluator {str(p)!r} not found; train it with `python -m maskgit_lab.eval.evaluator`")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise ConfigError(f"evaluator {p} is unreadable ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != EVALUATOR_FORMAT:
         raise ConfigError(f"wrong checkpoint: {p} is not a maskgit_lab evaluator file")
     net = FMNISTClassifier(**payload["arch"])
@@ -164,28 +167,19 @@ def load_evaluator(path: str | Path) -> tuple[FMNISTClassifier, dict, str]:
     return net.eval(), payload["meta"], file_sha256(p)
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
     """``python -m maskgit_lab.eval.evaluator --config ... [--force]``: train (or reuse) the evaluator."""
-    import argparse
-
-    from maskgit_lab.config import load_config
-    from maskgit_lab.errors import cli_errors
-
-    @cli_errors
-    def run() -> int:
-        parser = argparse.ArgumentParser(prog="python -m maskgit_lab.eval.evaluator",
-                                         description="Train the Fashion-MNIST evaluator classifier (cached).")
-        parser.add_argument("--config", default="experiments/fmnist.yaml")
-        parser.add_argument("--force", action="store_true", help="retrain even if the file exists")
-        parser.add_argument("overrides", nargs="*")
-        args = parser.parse_intermixed_args(argv)
-        path = train_evaluator(load_config(args.config, args.overrides), force=args.force)
-        _, meta, sha = load_evaluator(path)
-        print(f"evaluator {path} ({sha}): test accuracy {meta['test_top1']:.2%}, top-5 {meta['test_top5']:.2%}")
-        return 0
-
-    return run()
-
+    parser = ArgumentParser(prog="python -m maskgit_lab.eval.evaluator",
+                                     description="Train the Fashion-MNIST evaluator classifier (cached).")
+    parser.add_argument("--config", default="experiments/fmnist.yaml")
+    parser.add_argument("--force", action="store_true", help="retrain even if the file exists")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    path = train_evaluator(load_config(args.config, args.overrides), force=args.force)
+    _, meta, sha = load_evaluator(path)
+    print(f"evaluator {path} ({sha}): test accuracy {meta['test_top1']:.2%}, top-5 {meta['test_top5']:.2%}")
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

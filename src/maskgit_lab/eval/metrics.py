@@ -9,21 +9,24 @@ feature extractor, the reference set and the seed next to the values.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, mmd2
 from torch_fidelity.metric_prc import prc_features_to_metric
 from tqdm.auto import tqdm
 
+from maskgit_lab.config import EXTRACTOR_NAMES, check_extractor
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import atomic_write
+from maskgit_lab.eval.evaluator import load_evaluator, train_evaluator
+from maskgit_lab.eval.inception import InceptionFeatures, default_weights_path
+from maskgit_lab.io import atomic_write, content_key
 
 Tensor = torch.Tensor
 
@@ -51,6 +54,13 @@ class Features:
         return self.features.shape[0]
 
 
+def quantize_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] snapped to the 256 levels of an 8-bit image, as real images are: a
+    generator's continuous outputs get no advantage (or penalty) real data cannot have.
+    Images already on the grid (real ones) come back unchanged."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
 class FeatureExtractor:
     """A named network mapping images [B, C, H, W] in [-1, 1] to ``Features``.
 
@@ -68,7 +78,7 @@ class FeatureExtractor:
         bar = tqdm(total=total, desc=desc, unit="img", disable=desc is None, mininterval=2.0, leave=False)
         for batch in images:
             bar.update(batch.shape[0])
-            f, lg = self.fn(batch)
+            f, lg = self.fn(quantize_uint8(batch))
             feats.append(f.double().cpu())
             if lg is not None:
                 logits.append(lg.double().cpu())
@@ -78,32 +88,33 @@ class FeatureExtractor:
 
 def fmnist_evaluator(cfg, device: str = "cpu") -> FeatureExtractor:
     """The suite's Fashion-MNIST classifier (trained and cached on first use)."""
-    from maskgit_lab.eval.evaluator import load_evaluator, train_evaluator
-
     net, _, sha = load_evaluator(train_evaluator(cfg))
-    net.to(device)
-    return FeatureExtractor("fmnist-evaluator", sha, lambda x: net(x.to(device).float()))
+    return classifier_extractor(net, sha, device)
+
+
+def classifier_extractor(net: torch.nn.Module, identity: str, device: str = "cpu") -> FeatureExtractor:
+    """A FeatureExtractor over an evaluator classifier (features, logits)."""
+    # channels-last and chunks of 128 images: 1.4x and 1.5x faster on the 2-core CPU than
+    # the default layout at a sweep's batch of 250 (same features to 1e-7)
+    net = net.to(device).to(memory_format=torch.channels_last)
+
+    def features(x: Tensor) -> tuple[Tensor, Tensor]:
+        parts = [net(c.to(device).float().contiguous(memory_format=torch.channels_last)) for c in x.split(128)]
+        return torch.cat([f for f, _ in parts]), torch.cat([lg for _, lg in parts])
+
+    return FeatureExtractor("fmnist-evaluator", identity, features)
 
 
 def inception_v3_compat(cfg, device: str = "cpu") -> FeatureExtractor:
     """torch-fidelity's standard FID Inception from a local weights file (see eval.inception)."""
-    from maskgit_lab.eval.inception import InceptionFeatures, default_weights_path
-
     net = InceptionFeatures(cfg.evaluator.inception_weights or default_weights_path(), device)
     return FeatureExtractor("inception-v3-compat", net.sha, net)
 
 
-# Feature extractor registry: name -> builder(experiment config, device).
-EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
-    "fmnist-evaluator": fmnist_evaluator,
-    "inception-v3-compat": inception_v3_compat,
-}
-
-
-def check_extractor(name: str) -> str:
-    if name not in EXTRACTORS:
-        raise ConfigError(f"unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}")
-    return name
+# Feature extractor registry: name -> builder(experiment config, device); the names are
+# config.EXTRACTOR_NAMES, which the config validates without importing this module.
+EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = dict(
+    zip(EXTRACTOR_NAMES, (fmnist_evaluator, inception_v3_compat), strict=True))
 
 
 def build_extractor(name: str, cfg, device: str = "cpu") -> FeatureExtractor:
@@ -116,8 +127,6 @@ def batches(images: Tensor, batch_size: int) -> Iterable[Tensor]:
 
 def load_statistics(path: str | Path, dim: int) -> dict:
     """Reference FID statistics from an ``.npz`` with ``mu`` [D] and ``sigma`` [D, D]."""
-    import numpy as np
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"reference statistics {str(p)!r} not found (an .npz with mu and sigma)")
@@ -170,7 +179,9 @@ def compute_metrics(
     stats_g = fid_features_to_statistics(generated.features)
     stats_r = fid_features_to_statistics(reference.features)
     out: dict = {FID: fid_statistics_to_metric(stats_g, stats_r, verbose=False)[FID]}
-    subset = min(kid_subset_size, n_gen, n_ref)
+    # Subsets smaller than N: with subset size N every subset is the same set (a zero spread
+    # that means nothing); half of N leaves the 100 subsets room to differ.
+    subset = max(2, min(kid_subset_size, n_gen // 2, n_ref // 2))
     # torch-fidelity's defaults: cubic polynomial kernel, gamma = 1/D, coef0 = 1.
     out.update(kid_features_to_metric(generated.features, reference.features, kid_subsets=kid_subsets,
                                       kid_subset_size=subset, rng_seed=seed, verbose=False))
@@ -197,9 +208,29 @@ def compute_metrics(
     }
 
 
+def kid_features_to_metric(features_1: Tensor, features_2: Tensor, *, kid_subsets: int, kid_subset_size: int,
+                           rng_seed: int, verbose: bool = False) -> dict:
+    """torch-fidelity's KID (cubic polynomial kernel, gamma = 1/D, coef0 = 1; the unbiased
+    MMD^2 of ``kid_subsets`` random subsets, drawn by the same RandomState calls), with the
+    kernel matrices computed once over all features and each subset's taken from them: the
+    same numbers (to float64 rounding) at a fraction of the cost (0.78 s -> 0.1 s at N = 1000)."""
+    x, y = features_1.double().cpu().numpy(), features_2.double().cpu().numpy()
+    n1, n2 = len(x), len(y)
+    if min(n1, n2) < kid_subset_size:
+        raise ValueError(f"KID subset size {kid_subset_size} exceeds the samples ({n1}, {n2})")
+    gamma = 1.0 / x.shape[1]
+    k11, k22, k12 = ((a @ b.T * gamma + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    rng = np.random.RandomState(rng_seed)
+    mmds = np.zeros(kid_subsets)
+    for i in range(kid_subsets):
+        i1 = rng.choice(n1, kid_subset_size, replace=False)
+        i2 = rng.choice(n2, kid_subset_size, replace=False)
+        mmds[i] = mmd2(k11[np.ix_(i1, i1)], k12[np.ix_(i1, i2)], k22[np.ix_(i2, i2)])
+    return {KEY_METRIC_KID_MEAN: float(np.mean(mmds)), KEY_METRIC_KID_STD: float(np.std(mmds))}
+
+
 def reference_key(extractor: FeatureExtractor, split: str, data_key: str, n: int, preprocessing: str) -> str:
-    blob = json.dumps([extractor.name, extractor.identity, split, data_key, n, preprocessing])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key([extractor.name, extractor.identity, split, data_key, n, preprocessing])
 
 
 def cached_reference(
@@ -211,8 +242,13 @@ def cached_reference(
     """
     path = Path(cache_dir) / f"reference-{key}.pt"
     if path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        return Features(d["features"], d.get("logits")), True
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return Features(d["features"], d.get("logits")), True
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign: never trusted, rebuilt
+            print(f"warning: reference cache {path} is unreadable ({type(exc).__name__}); computing it again",
+                  file=sys.stderr)
+            path.unlink()
     feats = compute()
     atomic_write(path, lambda p: torch.save({"features": feats.features, "logits": feats.logits}, p))
     return feats, False

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maskgit_lab.masking import random_mask
+from maskgit_lab.decoding.masking import random_mask
+from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.models.transformer import MaskGITTransformer
-from maskgit_lab.schedules import canonical_name
 
 Tensor = torch.Tensor
 

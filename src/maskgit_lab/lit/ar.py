@@ -31,7 +31,7 @@ class ARModule(MVTMModule):
         if self.tcfg.class_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.tcfg.class_dropout
             labels = labels.masked_fill(drop, self.model.cfg.null_label)
-        loss, acc = self._ar_loss(self.model, codes, labels, self.tcfg.label_smoothing)
+        loss, acc = self._ar_loss(self._train_forward["fn"], codes, labels, self.tcfg.label_smoothing)
         self.log_dict({"train/loss": loss, "train/token_acc": acc}, prog_bar=True)
         return loss
 

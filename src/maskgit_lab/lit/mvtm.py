@@ -9,9 +9,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from maskgit_lab.config import ExperimentConfig, to_dict
-from maskgit_lab.masking import random_mask
-from maskgit_lab.models.transformer import MaskGITTransformer, build_transformer
+from maskgit_lab.config import ExperimentConfig, stored_dict
+from maskgit_lab.decoding.masking import random_mask
+from maskgit_lab.models.registry import build_transformer
+from maskgit_lab.models.transformer import MaskGITTransformer
 
 Tensor = torch.Tensor
 
@@ -28,8 +29,11 @@ class MVTMModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.transformer_train
-        self.save_hyperparameters({"config": to_dict(cfg)})
+        self.save_hyperparameters({"config": stored_dict(cfg)})
         self.model = self.build_model(cfg)
+        # torch.compile of the training forward (transformer_train.compile), kept out of the
+        # module tree so state dicts keep their names
+        self._train_forward = {"fn": torch.compile(self.model) if self.tcfg.compile else self.model}
         self.ema = None
         if self.tcfg.ema > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -46,12 +50,19 @@ class MVTMModule(L.LightningModule):
         mask = random_mask(codes.shape[0], codes.shape[1], self.tcfg.schedule, generator, codes.device)
         return codes.masked_fill(mask, self.model.cfg.mask_id), mask
 
-    def _loss(self, logits: Tensor, codes: Tensor, mask: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    def _logits_and_loss(self, model, inputs: Tensor, labels: Tensor, codes: Tensor, mask: Tensor,
+                         smoothing: float) -> tuple[Tensor, Tensor]:
+        """(loss, masked-token accuracy). With the loss on masked tokens only, the model
+        computes the masked positions' logits alone."""
+        if self.tcfg.loss_on == "masked":
+            logits = model(inputs, labels, positions=mask)  # [M, K]
+            target = codes[mask]
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+            return loss, (logits.argmax(-1) == target).float().mean()
+        logits = model(inputs, labels)
         k = logits.shape[-1]
-        sel = mask if self.tcfg.loss_on == "masked" else torch.ones_like(mask)
-        loss = F.cross_entropy(logits[sel].reshape(-1, k), codes[sel], label_smoothing=smoothing)
-        acc = (logits[mask].argmax(-1) == codes[mask]).float().mean()
-        return loss, acc
+        loss = F.cross_entropy(logits.reshape(-1, k).float(), codes.reshape(-1), label_smoothing=smoothing)
+        return loss, (logits[mask].argmax(-1) == codes[mask]).float().mean()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         codes, labels = batch
@@ -59,8 +70,8 @@ class MVTMModule(L.LightningModule):
         if self.tcfg.class_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.tcfg.class_dropout
             labels = labels.masked_fill(drop, self.model.cfg.null_label)
-        logits = self.model(inputs, labels)
-        loss, acc = self._loss(logits, codes, mask, self.tcfg.label_smoothing)
+        loss, acc = self._logits_and_loss(self._train_forward["fn"], inputs, labels, codes, mask,
+                                          self.tcfg.label_smoothing)
         self.log_dict({"train/loss": loss, "train/masked_acc": acc}, prog_bar=True)
         return loss
 
@@ -74,8 +85,7 @@ class MVTMModule(L.LightningModule):
         codes, labels = batch
         gen = torch.Generator(device=codes.device).manual_seed(10_000 + batch_idx)
         inputs, mask = self._masked_batch(codes, gen)
-        logits = self.inference_model(inputs, labels)
-        loss, acc = self._loss(logits, codes, mask, 0.0)
+        loss, acc = self._logits_and_loss(self.inference_model, inputs, labels, codes, mask, 0.0)
         self.log_dict({"val/loss": loss, "val/masked_acc": acc}, prog_bar=True, batch_size=codes.shape[0])
 
     def configure_optimizers(self):

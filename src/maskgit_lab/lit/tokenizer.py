@@ -5,8 +5,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from maskgit_lab.config import ExperimentConfig, to_dict
+from maskgit_lab.config import ExperimentConfig, stored_dict
 from maskgit_lab.models.losses import PatchDiscriminator, build_perceptual, hinge_d_loss
 from maskgit_lab.models.vqgan import VQGAN
 
@@ -34,7 +35,7 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.tokenizer_train
-        self.save_hyperparameters({"config": to_dict(cfg)})
+        self.save_hyperparameters({"config": stored_dict(cfg)})
         self.automatic_optimization = False
         self.model = VQGAN(cfg.tokenizer)
         pc = self.tcfg.perceptual
@@ -46,6 +47,9 @@ class TokenizerModule(L.LightningModule):
         # Counts training batches (not optimizer steps, which double with a discriminator);
         # a buffer so a resumed run continues from the right step.
         self.register_buffer("batches_done", torch.zeros((), dtype=torch.long))
+        # torch.compile of the training forward (tokenizer_train.compile): kept out of the
+        # module tree so state dicts keep their names; the first step pays the compile time.
+        self._train_forward = {"fn": torch.compile(self.model) if self.tcfg.compile else self.model}
         self._revive_gen = torch.Generator().manual_seed(self.tcfg.seed)
         self._val_counts: Tensor | None = None
         self._val_psnr: list[Tensor] = []
@@ -70,7 +74,7 @@ class TokenizerModule(L.LightningModule):
         step = int(self.batches_done)
         gan_on = self.disc is not None and step >= self.tcfg.disc_start
 
-        rec, q = self.model(x)
+        rec, q = self._train_forward["fn"](x)
         rec_loss = self._rec_loss(rec, x)
         loss = rec_loss + q.loss
         if gan_on:
@@ -122,18 +126,16 @@ class TokenizerModule(L.LightningModule):
     def configure_optimizers(self):
         t = self.tcfg
         params = list(self.model.parameters())
-        opt_g = torch.optim.Adam(params, lr=t.lr, betas=t.betas)
+        opt_g = torch.optim.Adam(params, lr=t.lr, betas=t.betas, fused=True)
         if self.disc is None:
             return opt_g
-        opt_d = torch.optim.Adam(self.disc.parameters(), lr=t.lr, betas=t.betas)
+        opt_d = torch.optim.Adam(self.disc.parameters(), lr=t.lr, betas=t.betas, fused=True)
         return [opt_g, opt_d]
 
 
 @torch.inference_mode()
 def evaluate_reconstruction(model: VQGAN, dataset, batch_size: int = 256) -> dict[str, float]:
     """PSNR (dB, mean over images), code usage and perplexity of ``model`` on a dataset."""
-    from torch.utils.data import DataLoader
-
     model.eval()
     device = next(model.parameters()).device
     counts = torch.zeros(model.cfg.codebook_size, device=device)

@@ -17,11 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from maskgit_lab.errors import ConfigError
-from maskgit_lab.models.transformer import TransformerConfig
+from maskgit_lab.models.transformer import TokenTransformer, TransformerConfig, attention
 
 Tensor = torch.Tensor
 
@@ -61,7 +59,7 @@ class CausalBlock(nn.Module):
             if cache is not None:
                 cache.keys[layer, :, :, :n] = k
                 cache.values[layer, :, :, :n] = v
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             start, end = cache.length, cache.length + n
             cache.keys[layer, :, :, start:end] = k
@@ -70,20 +68,17 @@ class CausalBlock(nn.Module):
             mask = None
             if n > 1:  # new position i sees every cached position and new positions <= i
                 mask = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+            y = attention(q, keys, values, dropout_p=p, attn_mask=mask)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-class ARTransformer(nn.Module):
+class ARTransformer(TokenTransformer):
     """forward(prefix [B, L], labels [B]) -> logits [B, L + 1, K]; position j predicts code j."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        cfg = cfg.resolved()
-        if min(cfg.codebook_size, cfg.num_tokens) <= 0 or cfg.num_classes < 0:
-            raise ConfigError("transformer needs codebook_size, num_tokens > 0 and num_classes >= 0")
-        self.cfg = cfg
+        super().__init__(cfg)
+        cfg = self.cfg
         d = cfg.dim
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)  # same layout as MaskGIT's (the mask row unused)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens, d))  # class + N - 1 codes
@@ -100,12 +95,6 @@ class ARTransformer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-
-    def class_tokens(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """[B] labels (None for unconditional) -> [B] token ids, as in MaskGITTransformer."""
-        if labels is None:
-            labels = torch.full((batch,), self.cfg.null_label, device=device, dtype=torch.long)
-        return labels.long() + self.cfg.codebook_size + 1
 
     def _logits(self, ids: Tensor, start: int, cache: KVCache | None) -> Tensor:
         n = ids.shape[1]
@@ -137,6 +126,3 @@ class ARTransformer(nn.Module):
         out = self._logits(ids, cache.length, cache)
         cache.length += n
         return out
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import vgg16
 
 from maskgit_lab.errors import ConfigError
 
@@ -75,8 +76,6 @@ class VGG16Features(nn.Module):
 
     def __init__(self, weights: str | Path) -> None:
         super().__init__()
-        from torchvision.models import vgg16
-
         path = Path(weights)
         if not path.is_file():
             raise ConfigError(

@@ -3,8 +3,8 @@
 loads strictly into it (names and shapes: ../shared/CHECKPOINT_LAYOUTS.md).
 
 Differences from ``MaskGITTransformer``: the class token comes last; the embedding goes
-through LN -> dropout -> Linear -> GELU -> LN -> dropout -> Linear; pre-norm blocks built on
-torch's MultiheadAttention; the head is LN -> dropout -> Linear -> GELU -> LN; the output
+through LN -> dropout -> Linear -> GELU -> LN -> dropout -> Linear; pre-norm blocks with
+MultiheadAttention's parameters; the head is LN -> dropout -> Linear -> GELU -> LN; the output
 bias is learned per position and vocabulary entry. Same vocabulary layout, same call:
 forward(codes [B, N], labels [B]) -> logits [B, N, K] over the K codes.
 """
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.models.transformer import TransformerConfig
+from maskgit_lab.models.transformer import SelfAttention, TokenTransformer, TransformerConfig
 
 Tensor = torch.Tensor
 
@@ -33,10 +33,10 @@ class PreNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mha = SelfAttention(dim, heads, dropout)  # nn.MultiheadAttention's parameters
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mha(x, x, x, need_weights=False)[0]
+        return self.mha(x)
 
 
 class FeedForward(nn.Module):
@@ -63,18 +63,15 @@ class Blocks(nn.Module):
         return x
 
 
-class MaskGITPyTorchTransformer(nn.Module):
+class MaskGITPyTorchTransformer(TokenTransformer):
     """forward(codes [B, N] with mask_id at unknown positions, labels [B]) -> logits [B, N, K]."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        cfg = cfg.resolved()
-        if min(cfg.codebook_size, cfg.num_tokens) <= 0 or cfg.num_classes < 0:
-            raise ConfigError("transformer needs codebook_size, num_tokens > 0 and num_classes >= 0")
         if cfg.class_position != "last":
             raise ConfigError("transformer.layout=maskgit-pytorch puts the class token last: set "
                               "transformer.class_position=last")
-        self.cfg = cfg
+        super().__init__(cfg)
+        cfg = self.cfg
         d, v, n = cfg.dim, cfg.vocab_size, cfg.num_tokens
         self.tok_emb = nn.Embedding(v, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, n + 1, d))
@@ -89,12 +86,7 @@ class MaskGITPyTorchTransformer(nn.Module):
         nn.init.trunc_normal_(self.tok_emb.weight, std=0.02)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
-    def class_tokens(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        if labels is None:
-            labels = torch.full((batch,), self.cfg.null_label, device=device, dtype=torch.long)
-        return labels.long() + self.cfg.codebook_size + 1
-
-    def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, codes: Tensor, labels: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         b, n = codes.shape
         if n != self.cfg.num_tokens:
             raise ValueError(f"expected {self.cfg.num_tokens} tokens per image, got {n}")
@@ -102,7 +94,5 @@ class MaskGITPyTorchTransformer(nn.Module):
         x = self.first_layer(self.tok_emb(seq) + self.pos_emb)
         x = self.last_layer(self.transformer(x))
         logits = x @ self.tok_emb.weight.t() + self.bias
-        return logits[:, :n, : self.cfg.codebook_size]
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        logits = logits[:, :n, : self.cfg.codebook_size]
+        return logits if positions is None else logits[positions]

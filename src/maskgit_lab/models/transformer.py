@@ -9,10 +9,12 @@ the token embedding plus a learned bias per vocabulary entry.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskgit_lab.errors import ConfigError
@@ -73,16 +75,8 @@ class TransformerConfig:
         return self.codebook_size + self.num_classes + 2
 
 
+# Transformer layouts by name; models.registry maps each to its class.
 LAYOUTS = ("maskgit", "maskgit-pytorch")
-
-
-def build_transformer(cfg: TransformerConfig) -> nn.Module:
-    """The MaskGIT network of ``cfg.layout`` (same call and output either way)."""
-    if cfg.layout == "maskgit-pytorch":
-        from maskgit_lab.models.released import MaskGITPyTorchTransformer
-
-        return MaskGITPyTorchTransformer(cfg)
-    return MaskGITTransformer(cfg)
 
 
 # Named sizes. "base" is the paper's 24 x 768 model (16 heads as in the official config).
@@ -94,8 +88,10 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-class MaskGITTransformer(nn.Module):
-    """forward(codes [B, N] with mask_id at unknown positions, labels [B]) -> logits [B, N, K]."""
+class TokenTransformer(nn.Module):
+    """What every transformer over the token vocabulary shares (MaskGIT's, the released
+    layout's, the autoregressive baseline's): the resolved config with its sizes checked,
+    class-token ids and the parameter count."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -103,25 +99,116 @@ class MaskGITTransformer(nn.Module):
         if min(cfg.codebook_size, cfg.num_tokens) <= 0 or cfg.num_classes < 0:
             raise ConfigError("transformer needs codebook_size, num_tokens > 0 and num_classes >= 0")
         self.cfg = cfg
+
+    def class_tokens(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """[B] labels (None, or the null label, for unconditional) -> [B] token ids."""
+        if labels is None:
+            labels = torch.full((batch,), self.cfg.null_label, device=device, dtype=torch.long)
+        return labels.long() + self.cfg.codebook_size + 1
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, is_causal: bool = False,
+              attn_mask: Tensor | None = None) -> Tensor:
+    """Multi-head attention over [B, heads, L, head_dim] queries, keys and values.
+
+    PyTorch's fused kernel (``scaled_dot_product_attention``), except where gradients flow
+    through reduced-precision attention on the CPU: there the fused kernel's backward is about
+    5x slower than explicit matmuls (measured by benchmarks/roofline.py: a bf16 training step
+    of the default transformer, 285 ms fused against 150 ms explicit on a 2-core AMX Xeon), so
+    the explicit form is used. Both compute softmax(q k^T / sqrt(d) + mask) v.
+    """
+    explicit = (q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled()
+                and (q.requires_grad or k.requires_grad or v.requires_grad))
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = F.dropout(scores.float().softmax(-1), dropout_p).to(v.dtype)
+    return probs @ v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters (``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj``), so its state dicts load unchanged, computed by ``attention``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention's initialisation, in its order (same seed, same weights)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, L, D] -> [B, L, D]."""
+        b, n, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class EncoderBlock(nn.Module):
+    """A transformer encoder layer with ``nn.TransformerEncoderLayer``'s parameter names and
+    numerics (GELU, LayerNorm eps 1e-12; pre-norm when ``norm_first``, else post-norm)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads, dropout)
+        self.linear1 = nn.Linear(dim, mlp_dim)
+        self.linear2 = nn.Linear(mlp_dim, dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-12)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-12)
+        self.p, self.norm_first = dropout, norm_first
+
+    def _ff(self, x: Tensor) -> Tensor:
+        h = F.dropout(F.gelu(self.linear1(x)), self.p, self.training)
+        return F.dropout(self.linear2(h), self.p, self.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + F.dropout(self.self_attn(self.norm1(x)), self.p, self.training)
+            return x + self._ff(self.norm2(x))
+        x = self.norm1(x + F.dropout(self.self_attn(x), self.p, self.training))
+        return self.norm2(x + self._ff(x))
+
+
+class Encoder(nn.Module):
+    """``depth`` blocks (copies of one freshly initialised block, as ``nn.TransformerEncoder``
+    makes them) and, for pre-norm blocks, a final LayerNorm."""
+
+    def __init__(self, block: EncoderBlock, depth: int, norm: nn.LayerNorm | None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(block) for _ in range(depth))
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x if self.norm is None else self.norm(x)
+
+
+class MaskGITTransformer(TokenTransformer):
+    """forward(codes [B, N] with mask_id at unknown positions, labels [B]) -> logits [B, N, K]."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        cfg = self.cfg
         d = cfg.dim
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, d))
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model=d,
-            nhead=cfg.heads,
-            dim_feedforward=cfg.mlp_dim,
-            dropout=cfg.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=cfg.norm_first,
-            layer_norm_eps=1e-12,
-        )
-        self.blocks = nn.TransformerEncoder(
-            layer, cfg.depth, norm=nn.LayerNorm(d, eps=1e-12) if cfg.norm_first else None,
-            enable_nested_tensor=False,
-        )
+        layer = EncoderBlock(d, cfg.heads, cfg.mlp_dim, cfg.dropout, cfg.norm_first)
+        self.blocks = Encoder(layer, cfg.depth, nn.LayerNorm(d, eps=1e-12) if cfg.norm_first else None)
         # Output head: Dense -> GELU -> LN, then logits against the tied embedding + bias.
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=1e-12))
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -136,13 +223,10 @@ class MaskGITTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def class_tokens(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """[B] labels (None, or the null label, for unconditional) -> [B] token ids."""
-        if labels is None:
-            labels = torch.full((batch,), self.cfg.null_label, device=device, dtype=torch.long)
-        return labels.long() + self.cfg.codebook_size + 1
-
-    def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, codes: Tensor, labels: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """-> logits [B, N, K]; with ``positions`` (bool [B, N]) only theirs, [M, K] in row-major
+        order: training needs the masked positions' logits alone, and the K-way head is a
+        quarter of the step at K = 1024."""
         b, n = codes.shape
         if n != self.cfg.num_tokens:
             raise ValueError(f"expected {self.cfg.num_tokens} tokens per image, got {n}")
@@ -152,9 +236,8 @@ class MaskGITTransformer(nn.Module):
         x = self.emb_drop(self.emb_norm(self.tok_emb(seq) + self.pos_emb))
         x = self.blocks(x)
         x = x[:, 1:] if first else x[:, :-1]
+        if positions is not None:
+            x = x[positions]
         h = self.head(x)
         k = self.cfg.codebook_size
         return h @ self.tok_emb.weight[:k].t() + self.bias[:k]
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

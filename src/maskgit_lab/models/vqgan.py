@@ -57,7 +57,9 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def swish(x: Tensor) -> Tensor:
-    return x * torch.sigmoid(x)
+    """x * sigmoid(x), as one fused op (forward and backward): a sixth of a CPU training step
+    went to the two-op form."""
+    return F.silu(x)
 
 
 class ResnetBlock(nn.Module):

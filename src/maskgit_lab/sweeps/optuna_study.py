@@ -1,4 +1,4 @@
-"""Optuna studies and MLflow runs for the sweeps: persistent, resumable, safe with several workers.
+"""Everything Optuna: the sweeps' studies, persistent, resumable, safe with several workers.
 
 Storage: a SQLite file under ``runs/`` by default, any SQLAlchemy URL (PostgreSQL, MySQL)
 with ``--storage`` so workers on several machines share one study. Heartbeats are on, so
@@ -12,15 +12,11 @@ come from Optuna's GridSampler; a trial that lands on a cell already complete or
 by a lower-numbered trial prunes itself before doing any work (this only happens when
 workers race), and cells whose trial failed are re-queued on the next run.
 
-MLflow: one parent run per sweep (tag ``sweep_id``), one nested run per cell or trial; a
-cell's earlier unfinished attempts are deleted before it is run again, so every cell
-appears once among the live runs.
+The MLflow side (one nested run per cell) is ``maskgit_lab.tracking``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import os
 import socket
@@ -31,32 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.io import redact_url, sqlite_init_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeps print their own progress lines
 
 HEARTBEAT_S = 20
 GRACE_S = 90
 WORKER_HOST, WORKER_PID = "worker_host", "worker_pid"
-
-
-@contextlib.contextmanager
-def sqlite_init_lock(url: str):
-    """Serialise the first use of a SQLite database by several local processes (schema
-    creation and migrations are not safe to race); a no-op for server databases."""
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(url[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def storage_url(url: str | None, runs_dir: str | Path) -> str:
@@ -86,7 +67,7 @@ def open_storage(url: str | None, runs_dir: str | Path) -> optuna.storages.RDBSt
             )
     except Exception as exc:  # noqa: BLE001 - any driver/URL error: say which URL and why
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open Optuna storage {url!r}: {reason}") from None
+        raise ConfigError(f"cannot open Optuna storage {redact_url(url)!r}: {redact_url(reason)}") from None
 
 
 def _alive(pid: int) -> bool:
@@ -101,8 +82,6 @@ def _alive(pid: int) -> bool:
 
 def reap_dead_trials(study: optuna.Study) -> list[int]:
     """FAIL (and re-queue once) RUNNING trials whose worker is gone; returns their numbers."""
-    from optuna.exceptions import UpdateFinishedTrialError
-
     storage = study._storage
     host, reaped = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -180,7 +159,11 @@ def run_grid(
         if done >= set(cells):
             return
         if waiting or (todo and not study.sampler.is_exhausted(study)):
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+            try:
+                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+            except KeyboardInterrupt:
+                fail_own_running(study)
+                raise
             waited = False
         elif todo:  # cells whose trial failed earlier without a retry: queue them again
             for key in sorted(todo):
@@ -192,71 +175,19 @@ def run_grid(
             time.sleep(poll_s)
 
 
+def fail_own_running(study: optuna.Study) -> None:
+    """Mark this process's RUNNING trials FAIL (on Ctrl-C): no trial is left running with no
+    worker; the next run re-queues their cells."""
+    host, pid = socket.gethostname(), os.getpid()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(WORKER_HOST) == host and int(t.user_attrs.get(WORKER_PID, -1)) == pid:
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass
+
+
 def grid_study(name: str, storage: optuna.storages.RDBStorage, space: dict[str, list]) -> optuna.Study:
     with sqlite_init_lock(storage.url):
         return optuna.create_study(study_name=name, storage=storage, sampler=_Grid(space, seed=0),
                                direction="minimize", load_if_exists=True)
-
-
-# ---------------------------------------------------------------------------- MLflow
-
-
-def mlflow_client(tracking_uri: str):
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri)
-
-
-def experiment_id(client, name: str, artifact_location: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # noqa: BLE001 - another worker created it meanwhile
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def parent_run(client, exp_id: str, sweep_id: str, run_name: str, params: dict, tags: dict) -> str:
-    """The sweep's parent run: the oldest live run tagged with ``sweep_id`` (created if none)."""
-
-    def find():
-        return client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'parent'",
-                                  order_by=["attributes.start_time ASC"], max_results=5)
-
-    found = find()
-    if not found:
-        run = client.create_run(exp_id, run_name=run_name, tags={**tags, "sweep_id": sweep_id, "sweep_role": "parent"})
-        _log_params(client, run.info.run_id, params)
-        found = find()
-        if found[0].info.run_id != run.info.run_id:  # lost a race: use the first one
-            client.delete_run(run.info.run_id)
-    return found[0].info.run_id
-
-
-def _log_params(client, run_id: str, params: dict) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
-
-
-def child_run(client, exp_id: str, parent_id: str, sweep_id: str, cell: str, run_name: str, params: dict) -> str:
-    """A nested run for one cell/trial; earlier unfinished attempts of the same cell are deleted."""
-    old = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.cell = '{cell}'", max_results=50)
-    for r in old:
-        client.delete_run(r.info.run_id)
-    run = client.create_run(exp_id, run_name=run_name, tags={
-        "mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "sweep_role": "cell", "cell": cell})
-    _log_params(client, run.info.run_id, params)
-    return run.info.run_id
-
-
-def log_metrics(client, run_id: str, metrics: dict[str, float | None]) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
-    client.log_batch(run_id, metrics=items)

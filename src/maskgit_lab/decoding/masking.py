@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maskgit_lab.schedules import gamma
+from maskgit_lab.decoding.schedules import gamma
 
 Tensor = torch.Tensor
 

@@ -5,17 +5,18 @@ for both and left out). Shared by ``sweeps/comparison.py`` and ``benchmarks/deco
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from maskgit_lab.ar_sampler import ARDecodeConfig, ar_decode
+from maskgit_lab.decoding.ar_sampler import ARDecodeConfig, ar_decode
+from maskgit_lab.decoding.generate import generate_codes
+from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.hardware import autocast
 from maskgit_lab.models.ar import ARTransformer
 from maskgit_lab.models.transformer import MaskGITTransformer, TransformerConfig
-from maskgit_lab.sampler import DecodeConfig
 
 Tensor = torch.Tensor
 
@@ -23,13 +24,6 @@ Tensor = torch.Tensor
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-
-
-def autocast(device: torch.device | str, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on the device, or nothing for fp32."""
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device | str, repeats: int = 3, warmup: int = 1) -> float:
@@ -72,8 +66,6 @@ def labels_for(batch: int, num_classes: int, device: torch.device | str) -> Tens
 def maskgit_seconds(model: MaskGITTransformer, batch: int, config: DecodeConfig, device: torch.device | str,
                     repeats: int = 3, dtype: torch.dtype | None = None) -> float:
     """Seconds for one T-step decode of ``batch`` images from an all-masked grid."""
-    from maskgit_lab.generate import generate_codes
-
     labels = labels_for(batch, model.cfg.num_classes, device)
     gen = torch.Generator(device=device).manual_seed(0)
 

@@ -9,7 +9,8 @@ Official algorithm (MaskGIT, google-research/maskgit), for step s = 0..T-1:
   1. logits = logits_fn(tokens, labels), optionally classifier-free guided;
   2. sample a token at every unknown position (known positions keep theirs);
   3. ratio = (s+1)/T; n_mask = floor(U0 * gamma(ratio)) clipped to [1, unknown - 1];
-  4. confidence = log p(sampled) + tau * anneal(s) * Gumbel noise, +inf where known;
+  4. confidence = log p(sampled) + tau * anneal(s) * Gumbel noise, +inf where known
+     (p: the distribution the token was drawn from; see DecodeConfig.confidence);
   5. re-mask the n_mask least confident positions. The last step fills everything.
 """
 
@@ -22,19 +23,21 @@ from typing import Literal
 
 import torch
 
+from maskgit_lab.decoding.schedules import canonical_name, gamma
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.schedules import canonical_name, gamma
 
 Tensor = torch.Tensor
 LogitsFn = Callable[[Tensor, Tensor | None], Tensor]
 
 MaskConvention = Literal["official", "increments"]
+ConfidenceSource = Literal["tempered", "model"]
 GumbelAnneal = Literal["official", "reproduction"]
 GuidanceRamp = Literal["constant", "linear"]
 
 MASK_CONVENTIONS = ("official", "increments")
 GUMBEL_ANNEALS = ("official", "reproduction")
 GUIDANCE_RAMPS = ("constant", "linear")
+CONFIDENCE_SOURCES = ("tempered", "model")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class DecodeConfig:
     gumbel_anneal: "official" scales tau by 1 - (s+1)/T; "reproduction" by 1 - s/(T-1).
     guidance_weight: w of classifier-free guidance (0 disables the unconditional pass).
     guidance_ramp: "constant" uses w at every step; "linear" uses w * s/(T-1).
+    confidence: the log-probability the confidence starts from: "tempered" is log p of the
+        sampled token under the distribution it was drawn from, softmax(logits / t) (the
+        reproduction's choice); "model" is log p under the model's own softmax(logits). Equal
+        at t = 1; with t = 0 (argmax) both use the model's distribution.
     """
 
     steps: int = 8
@@ -63,6 +70,7 @@ class DecodeConfig:
     gumbel_anneal: GumbelAnneal = "official"
     guidance_weight: float = 0.0
     guidance_ramp: GuidanceRamp = "linear"
+    confidence: ConfidenceSource = "tempered"
 
     def validated(self, num_tokens: int) -> DecodeConfig:
         """Return a copy with the canonical schedule name, or raise ConfigError."""
@@ -84,6 +92,7 @@ class DecodeConfig:
             ("mask_convention", self.mask_convention, MASK_CONVENTIONS),
             ("gumbel_anneal", self.gumbel_anneal, GUMBEL_ANNEALS),
             ("guidance_ramp", self.guidance_ramp, GUIDANCE_RAMPS),
+            ("confidence", self.confidence, CONFIDENCE_SOURCES),
         ):
             if value not in valid:
                 raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -97,11 +106,14 @@ class DecodeResult:
     tokens: [B, N] fully decoded codes.
     states: [T, B, N] the grid after each step (``mask_id`` where still masked), or None.
     predictions: [T, B, N] the tokens sampled at every position at each step, or None.
+    log_probs: [T, B, N] log p of the token sampled at each unknown position at each step
+        (the distribution ``DecodeConfig.confidence`` names; NaN where the token was known), or None.
     """
 
     tokens: Tensor
     states: Tensor | None = None
     predictions: Tensor | None = None
+    log_probs: Tensor | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -182,7 +194,8 @@ def decode(
         generator: the only source of randomness; must live on ``tokens.device``.
         labels: [B] class ids for class-conditional models, or None.
         null_label: the class id meaning "no class" (needed for guidance).
-        return_history: also return the grid and the predictions after every step.
+        return_history: also return the grid, the predictions and the log p of the sampled
+            tokens after every step.
 
     Returns:
         DecodeResult with ``tokens`` [B, N] where no ``mask_id`` is left and every
@@ -197,21 +210,23 @@ def decode(
 
     cur = tokens.clone()
     unknown0 = (cur == mask_id).sum(dim=1)  # U0 per row, [B]
+    # The schedules that depend on the number of maskable tokens (logarithmic, exponential)
+    # take each row's U0, as the official code does: on a partially known grid that is the
+    # count of unknown tokens, not the grid size. (One host read, before the loop.)
+    u0_rows = unknown0.tolist()
     if cfg.mask_convention == "increments":
         # Tokens still masked after each step, per row: U0 - cumulative increments.
         remaining = torch.stack(
-            [
-                int(u) - torch.tensor(reveal_increments(cfg.schedule, steps, int(u), n_tok)).cumsum(0)
-                for u in unknown0.tolist()
-            ]
+            [u - torch.tensor(reveal_increments(cfg.schedule, steps, u, max(u, 2))).cumsum(0) for u in u0_rows]
         ).to(device)  # [B, T]
     else:
         ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
-        frac = gamma(cfg.schedule, ratios, n_tok).to(device)  # [T]
+        frac_of = {u: gamma(cfg.schedule, ratios, max(u, 2)) for u in set(u0_rows)}
+        frac = torch.stack([frac_of[u] for u in u0_rows]).to(device)  # [B, T]
         # floor(U0 * gamma) per row and step, computed in float64 to avoid off-by-one.
-        remaining = torch.floor(unknown0.double()[:, None] * frac[None, :]).long()  # [B, T]
+        remaining = torch.floor(unknown0.double()[:, None] * frac).long()  # [B, T]
 
-    states, preds = [], []
+    states, preds, logps = [], [], []
     for s in range(steps):
         unknown_map = cur == mask_id  # [B, N]
         n_unknown = unknown_map.sum(dim=1)
@@ -219,24 +234,32 @@ def decode(
             w = cfg.guidance_weight * (s / (steps - 1) if steps > 1 else 1.0)
         else:
             w = cfg.guidance_weight
-        logits = _guided_logits(logits_fn, cur, labels, null_label, w).float()
+        logits = _guided_logits(logits_fn, cur, labels, null_label, w)
         if logits.shape[:2] != (bsz, n_tok):
             raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected [B={bsz}, N={n_tok}, K]")
 
         # Work on the unknown positions only ([M, K], M = their count): known tokens are
-        # kept, so their logits need no softmax and no random draws.
-        sub = logits[unknown_map]
-        log_probs = torch.log_softmax(sub, dim=-1)
-        if cfg.softmax_temperature == 0:
+        # kept, so their logits need no softmax and no random draws. One softmax pass gives
+        # the draw and the confidence of the drawn token.
+        sub = logits[unknown_map].float()
+        t = cfg.softmax_temperature
+        last = s == steps - 1
+        if not last and (t == 0 or cfg.confidence == "model"):
+            log_z = sub.logsumexp(dim=-1)  # log p under the model: logit - log Z
+        if t == 0:
             picked = sub.argmax(dim=-1)
         else:
-            probs = log_probs.exp() if cfg.softmax_temperature == 1 else torch.softmax(
-                sub / cfg.softmax_temperature, dim=-1)
+            probs = torch.softmax(sub if t == 1 else sub / t, dim=-1)
             picked = _categorical(probs, generator)
         sampled = cur.clone()
         sampled[unknown_map] = picked
+        if not last or return_history:
+            if t == 0 or cfg.confidence == "model":
+                sub_logp = sub.gather(-1, picked[:, None]).squeeze(-1) - (log_z if not last else sub.logsumexp(-1))
+            else:
+                sub_logp = probs.gather(-1, picked[:, None]).squeeze(-1).log()
 
-        if s == steps - 1:
+        if last:
             cur = sampled
             n_mask = torch.zeros_like(n_unknown)
         else:
@@ -249,7 +272,7 @@ def decode(
                     torch.minimum(n_unknown - 1, remaining[:, s]),
                 )
                 n_mask = torch.minimum(n_mask, n_unknown)  # rows with nothing unknown stay full
-            sub_conf = log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+            sub_conf = sub_logp
             if cfg.gumbel_anneal == "official":
                 anneal = 1.0 - (s + 1) / steps
             else:
@@ -267,10 +290,14 @@ def decode(
         if return_history:
             states.append(cur.clone())
             preds.append(sampled.clone())
+            lp = torch.full((bsz, n_tok), float("nan"), device=device)
+            lp[unknown_map] = sub_logp
+            logps.append(lp)
 
     return DecodeResult(
         tokens=cur,
         states=torch.stack(states) if return_history else None,
         predictions=torch.stack(preds) if return_history else None,
+        log_probs=torch.stack(logps) if return_history else None,
     )
 

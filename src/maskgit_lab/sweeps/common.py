@@ -1,0 +1,408 @@
+"""The one sweep runner. Every sweep kind is a ``Sweep`` subclass that says only what is its
+own (its cells, how to run one, its table); the runner does the rest, the same way for all:
+
+1. parse the shared arguments and the config; check the sweep's own arguments before any work;
+2. train what is missing and load the models once (transformers, tokenizer, content hashes);
+3. load the evaluation (feature extractor and cached reference) once;
+4. open the Optuna study (named by everything that changes the numbers) and the MLflow
+   parent run; run every cell not yet complete, each in a nested MLflow run with the same
+   provenance params;
+5. rebuild the sweep's table from the finished MLflow runs and write it atomically.
+
+Sampling is timed the same way in every sweep: ``seconds_per_image`` is the wall time spent
+producing the images (transformer decoding and the tokenizer's decoder), feature extraction
+and metrics excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from optuna.trial import Trial, TrialState
+from scipy import stats
+
+from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.cli import add_device_argument
+from maskgit_lab.config import ExperimentConfig, load_config, to_dict
+from maskgit_lab.data import class_names
+from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
+from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.eval import metrics as M
+from maskgit_lab.eval.evaluation import Evaluation, held_out_codes
+from maskgit_lab.eval.nll import masked_token_nll
+from maskgit_lab.figures import sample_grid_figure
+from maskgit_lab.hardware import dtype_name, inference_dtype
+from maskgit_lab.io import check_output_dir, content_key, file_sha256, git_commit, redact_url
+from maskgit_lab.lit.stages import train_tokenizer, train_transformer
+from maskgit_lab.sweeps import optuna_study as S
+from maskgit_lab.tracking import SweepLog, sweep_runs
+
+Tensor = torch.Tensor
+
+# Metric names as logged to MLflow (short, for the UI's columns) -> result keys.
+LOGGED = {
+    "fid": M.FID, "is": M.IS_MEAN, "precision": M.PRECISION, "recall": M.RECALL,
+    "kid": M.KID_MEAN, "class_consistency": M.CLASS_CONSISTENCY,
+}
+TIMING_NOTE = ("s/img: wall time to produce the images (transformer decoding and the tokenizer's decoder; "
+               "feature extraction and metrics excluded)")
+
+
+def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None) -> str:
+    """Content key of a sweep: everything that changes its numbers (not paths or URIs)."""
+    d = to_dict(cfg)
+    for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
+        d.pop(k)
+    # settings of the other sweep kinds do not change this one's numbers
+    owner = {"tune_": "tune_sampler", "ar_": "comparison"}
+    d["sweep"] = {k: v for k, v in d["sweep"].items()
+                  if all(not k.startswith(p) or kind == o for p, o in owner.items())}
+    return f"{cfg.name}.{kind}.{content_key([kind, d, extra or {}], 10)}"
+
+
+def schedule_config(cfg: ExperimentConfig, schedule: str) -> ExperimentConfig:
+    """The experiment with the transformer trained under ``schedule``."""
+    return replace(cfg, transformer_train=replace(cfg.transformer_train, schedule=schedule))
+
+
+def ensure_models(cfg: ExperimentConfig, schedules: Iterable[str], log: bool = True) -> dict[str, Path]:
+    """Train what is missing (tokenizer, token cache, one transformer per schedule), reuse the rest."""
+    train_tokenizer(cfg, log=log)
+    out = {}
+    for s in schedules:
+        c = schedule_config(cfg, s)
+        train_transformer(c, log=log)
+        out[s] = run_paths(c).transformer_file
+    return out
+
+
+def decode_params(dcfg: DecodeConfig) -> dict:
+    return {f"decode.{k}": v for k, v in dcfg.__dict__.items()}
+
+
+def class_rows(images: Tensor, num_classes: int) -> Tensor:
+    """Images made for labels arange(n) % C, reordered so each class fills one grid row."""
+    k = images.shape[0] // num_classes
+    x = images[: k * num_classes]
+    return x.reshape(k, num_classes, *x.shape[1:]).transpose(0, 1).reshape(-1, *x.shape[1:])
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments every sweep shares."""
+    parser.add_argument("--config", default="experiments/fmnist.yaml", help="experiment YAML")
+    parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///<runs>/optuna.db)")
+    parser.add_argument("--checkpoint", help="use this transformer file instead of the config's trained one")
+    add_device_argument(parser)
+    parser.add_argument("--out-dir", help="default: results/<experiment>")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. sweep.n=2000 'sweep.steps=[4,8]'")
+
+
+@dataclass
+class LoadedModel:
+    """A trained transformer with its tokenizer, config, file metadata and content hash."""
+
+    transformer: torch.nn.Module
+    tokenizer: torch.nn.Module
+    cfg: ExperimentConfig
+    meta: dict
+    sha: str
+    sampler: torch.nn.Module | None = None  # the transformer and tokenizer at the sampling precision
+    decoder: torch.nn.Module | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.transformer.cfg.num_classes
+
+
+class Sweep:
+    """One sweep kind. Subclasses set ``kind`` and ``title``. A grid kind implements
+    ``space``, ``run_cell``, ``cell_name``, ``cell_line`` and ``write`` (the base raises
+    NotImplementedError for them); a kind with its own search (the tuner's TPE) overrides
+    ``search`` instead. The rest has defaults."""
+
+    kind: ClassVar[str]
+    title: ClassVar[str]
+    table_file: ClassVar[str]
+
+    def __init__(self, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+        self.cfg, self.args, self.device = cfg, args, args.device
+        self.n = cfg.sweep.n
+        self.out_dir = check_output_dir(args.out_dir or f"results/{cfg.name}", "--out-dir")
+        self.models: dict[str, LoadedModel] = {}
+        self._nll: dict[tuple[str, str], dict] = {}
+        self._held_out: tuple[Tensor, Tensor] | None = None
+
+    # ---- what a sweep kind says about itself
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The kind's own command-line arguments."""
+
+    @classmethod
+    def config_overrides(cls, args: argparse.Namespace) -> list[str]:
+        """Config overrides implied by the kind's own arguments."""
+        return []
+
+    def check(self) -> None:
+        """Refuse bad arguments before any long work (raise ConfigError)."""
+
+    def model_files(self) -> dict[str, Path]:
+        """The transformer files to load, by key ("*": one model for every cell); missing
+        ones are trained first. Default: ``--checkpoint``, else the config's trained model."""
+        if self.args.checkpoint:
+            if not Path(self.args.checkpoint).is_file():
+                raise ConfigError(f"checkpoint {self.args.checkpoint!r} not found")
+            return {"*": Path(self.args.checkpoint)}
+        schedule = self.cfg.transformer_train.schedule
+        return {"*": ensure_models(self.cfg, [schedule])[schedule]}
+
+    def prepare(self) -> None:
+        """Work that decides the sweep's settings once models and evaluation are loaded (runs
+        before the sweep's id is computed)."""
+
+    def identity(self) -> dict:
+        """What, beyond the config, makes this sweep's numbers (the model files' hashes)."""
+        return {"models": {k: m.sha for k, m in self.models.items()}}
+
+    def describe(self) -> dict:
+        """Facts about the sweep stored on its MLflow parent and used in its table's caption."""
+        return {}
+
+    def run_name(self) -> str:
+        return self.kind
+
+    def space(self) -> dict[str, list]:
+        raise NotImplementedError
+
+    def cell_name(self, params: dict) -> str:
+        raise NotImplementedError
+
+    def cell_params(self, params: dict) -> dict:
+        return dict(params)
+
+    def run_cell(self, params: dict, run_id: str) -> dict:
+        raise NotImplementedError
+
+    def cell_line(self, params: dict, rec: dict) -> str:
+        raise NotImplementedError
+
+    def banner(self) -> str:
+        return f"{self.kind} {self.sid}: N={self.n}, {self.evaluation.ext.name}"
+
+    @staticmethod
+    def write(df, out_dir: Path, info: dict) -> str:
+        """Write the kind's table(s) from its finished MLflow runs; return the Markdown."""
+        raise NotImplementedError
+
+    # ---- shared machinery
+
+    def model(self, key: str = "*") -> LoadedModel:
+        """The model of ``key`` (a schedule in per-schedule mode), else the one shared model;
+        with no key, any of them (they share the tokenizer and the geometry)."""
+        return self.models.get(key) or self.models.get("*") or next(iter(self.models.values()))
+
+    def setup(self, storage) -> None:
+        """Models, evaluation, the study's name and the MLflow parent run."""
+        self.storage = storage
+        self.dtype, why = inference_dtype(self.cfg.inference_precision, self.device)
+        print(f"sampling precision {dtype_name(self.dtype)} ({why})", flush=True)
+        for key, f in self.model_files().items():
+            transformer, tok, tcfg, meta = load_models(f, device=self.device)
+            self.models[key] = LoadedModel(transformer, tok, tcfg, meta, file_sha256(f),
+                                           for_sampling(transformer, self.dtype), for_sampling(tok, self.dtype))
+        self.evaluation = Evaluation(self.cfg, self.n, None, self.device, self.cfg.sweep.batch_size)
+        self.git_commit = git_commit() or "unknown"
+        self.prepare()
+        self.sid = sweep_id(self.cfg, self.kind, self.identity())
+        self.info = {"experiment": self.cfg.name, "n": self.n, "seeds": list(self.cfg.sweep.seeds),
+                     "extractor": self.evaluation.ext.name, "sweep_id": self.sid,
+                     "sampling_precision": dtype_name(self.dtype), **self.describe()}
+        self.mlog = SweepLog(self.cfg, self.sid, self.kind, self.run_name(), self.info)
+
+    def provenance(self, key: str = "*", seed: int | None = None) -> dict:
+        """What identifies a cell's inputs, logged as params of every nested run."""
+        m = self.model(key)
+        return {"n": self.n, "seed": self.cfg.sweep.seed if seed is None else seed,
+                "extractor": self.evaluation.ext.name,
+                "extractor_identity": self.evaluation.ext.identity, "reference": self.evaluation.reference_name,
+                "checkpoint_sha": m.sha, "tokenizer_sha": m.meta.get("tokenizer_sha"), "git_commit": self.git_commit,
+                "sampling_precision": dtype_name(self.dtype)}
+
+    def held_out(self) -> tuple[Tensor, Tensor]:
+        """The first ``sweep.nll_sequences`` test token grids and labels (loaded once)."""
+        if self._held_out is None:
+            m = self.model()
+            k = self.cfg.sweep.nll_sequences
+            codes, labels = held_out_codes(self.cfg, m.tokenizer, m.meta["tokenizer_sha"], limit=k)
+            self._held_out = (codes[:k], labels[:k])
+        return self._held_out
+
+    def nll(self, schedule: str, key: str = "*") -> dict:
+        """Masked-token NLL of a model on the held-out tokens under ``schedule``'s masking (cached)."""
+        model_key = key if key in self.models else "*"
+        if (schedule, model_key) not in self._nll:
+            self._nll[(schedule, model_key)] = masked_token_nll(
+                self.model(model_key).transformer, *self.held_out(), schedule,
+                draws=self.cfg.evaluator.nll_draws, seed=self.cfg.sweep.seed)
+        return self._nll[(schedule, model_key)]
+
+    def score(self, images: Iterator[Tensor], labels: Tensor | None, keep: int = 0, desc: str | None = None,
+              seed: int | None = None) -> dict:
+        """Score a stream of image batches against the reference -> {"record", "images", "result"}.
+
+        The record holds the logged metrics, ``seconds_per_image`` (time inside the stream,
+        i.e. producing the images) and ``n``; ``images`` the first ``keep`` images."""
+        spent = [0.0, 0]
+        kept: list[Tensor] = []
+
+        def timed() -> Iterator[Tensor]:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    x = next(images)
+                except StopIteration:
+                    return
+                spent[0] += time.perf_counter() - t0
+                spent[1] += x.shape[0]
+                if sum(len(k) for k in kept) < keep:
+                    kept.append(x)
+                yield x
+
+        feats = self.evaluation.ext(timed(), total=len(labels) if labels is not None else None, desc=desc)
+        result = self.evaluation.score(feats, self.cfg.sweep.seed if seed is None else seed, labels)
+        record = {short: result["metrics"].get(key) for short, key in LOGGED.items()}
+        record.update(seconds_per_image=spent[0] / max(1, spent[1]), n=spent[1])
+        return {"record": record, "images": torch.cat(kept)[:keep] if keep else None, "result": result}
+
+    def sample_and_score(self, dcfg: DecodeConfig, key: str = "*", n: int | None = None, keep: int = 0,
+                         seed: int | None = None) -> dict:
+        """``n`` class-balanced MaskGIT samples (labels arange(n) % C) drawn from ``seed`` (default:
+        sweep.seed), scored against the reference."""
+        m = self.model(key)
+        check_guidance(m.cfg.transformer_train.class_dropout, dcfg)
+        n = n or self.n
+        seed = self.cfg.sweep.seed if seed is None else seed
+        labels = torch.arange(n) % m.num_classes
+        stream = iter_images(m.sampler, m.decoder, labels, dcfg, seed, self.cfg.sweep.batch_size)
+        return self.score(stream, labels, keep, seed=seed)
+
+    def log_grid(self, run_id: str, images: Tensor, title: str) -> None:
+        """A sample grid (one row per class) as the run's ``samples.png``."""
+        classes = self.model().num_classes
+        names = class_names(self.cfg, classes)
+        self.mlog.log_file(run_id, "samples.png",
+                           lambda p: sample_grid_figure(class_rows(images, len(names)), names, title, p))
+
+    def grid_keep(self) -> int:
+        return self.cfg.sweep.grid_per_class * self.model().num_classes
+
+    def search(self) -> None:
+        """Run every cell of ``space()`` not yet complete (Optuna grid, resumable, shared)."""
+        self.run_space(self.space(), self.sid)
+
+    def run_space(self, space: dict[str, list], study_name: str) -> None:
+        """One resumable Optuna grid over ``space``: each cell in its own nested MLflow run."""
+        st = S.grid_study(study_name, self.storage, space)
+        total = 1
+        for v in space.values():
+            total *= len(v)
+
+        def run_cell(trial: Trial, params: dict[str, Any]) -> float:
+            rec = self.mlog.cell(S.cell_key(params, list(space)), self.cell_name(params),
+                                 self.cell_params(params), lambda run_id: self.run_cell(params, run_id))
+            for k, v in rec.items():
+                trial.set_user_attr(k, v)
+            done = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) + 1
+            print(f"[{done}/{total}] {self.cell_line(params, rec)}", flush=True)
+            return rec["fid"]
+
+        S.run_grid(st, space, run_cell)
+
+    def headline(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The sweep's headline for its MLflow parent: the lowest mean FID over seeds among its
+        cells (a pointer into the table, whose intervals say how much it means) and that cell."""
+        df = sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid)
+        keys = [k for k in self.space() if k != "seed" and k in df]
+        if "fid" not in df or not keys:
+            return {}, {}
+        means = df.assign(fid=df["fid"].astype(float)).groupby(keys)["fid"].mean()
+        best = means.idxmin()
+        best = best if isinstance(best, tuple) else (best,)
+        return {"best_fid": float(means.min())}, {"best_cell": ",".join(f"{k}={v}" for k, v in zip(keys, best,
+                                                                                                 strict=True))}
+
+    def finish(self) -> str:
+        """Rebuild the table from the finished MLflow runs; return it as Markdown."""
+        return self.write(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.out_dir, self.info)
+
+
+def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
+    """The command of a sweep kind: ``python sweeps/<kind>.py``."""
+
+    @cli_errors
+    def main(argv: list[str] | None = None) -> int:
+        parser = ArgumentParser(prog=f"python sweeps/{kind.kind}.py", description=kind.title)
+        add_sweep_arguments(parser)
+        kind.add_arguments(parser)
+        args = parser.parse_intermixed_args(argv)
+        cfg = load_config(args.config, list(args.overrides) + kind.config_overrides(args))
+        sweep = kind(cfg, args)
+        sweep.check()
+        storage = S.open_storage(args.storage, cfg.runs_dir)
+        torch.set_float32_matmul_precision("high")
+        wall = time.time()
+        sweep.setup(storage)
+        print(f"{sweep.banner()}; Optuna study in {redact_url(S.storage_url(args.storage, cfg.runs_dir))}",
+              flush=True)
+        try:
+            sweep.search()
+            text = sweep.finish()
+        except KeyboardInterrupt:
+            sweep.mlog.end("KILLED")
+            raise
+        except BaseException:
+            sweep.mlog.end("FAILED")
+            raise
+        metrics, tags = sweep.headline()
+        sweep.mlog.end("FINISHED", metrics, tags)
+        print(text)
+        print(f"wall time {time.time() - wall:.0f} s; results in {sweep.out_dir}/{sweep.table_file}")
+        return 0
+
+    return main
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, half-width of the two-sided t interval at ``level``, sample sd, n) of seed
+    values; half-width NaN with fewer than 2 values."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    if n == 1:
+        return float(x[0]), float("nan"), float("nan"), 1
+    sd = float(x.std(ddof=1))
+    return float(x.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)), sd, n
+
+
+def paired_p(a, b) -> float:
+    """Two-sided paired t-test p-value of two per-seed series (same seeds, same order)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
+        return float("nan") if len(a) < 2 else (1.0 if np.allclose(a, b) else 0.0)
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def pm(mean: float, half: float, digits: int = 2) -> str:
+    """'mean ± half-width' for a table cell."""
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if not np.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
