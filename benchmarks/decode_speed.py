@@ -22,10 +22,9 @@ from dataclasses import replace
 
 import torch
 
-from maskgit_lab.comparison import machine_name
+from maskgit_lab.cli import add_device_argument
 from maskgit_lab.config import load_config
-from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
-from maskgit_lab.speed import (
+from maskgit_lab.decoding.speed import (
     ar_seconds,
     benchmark_num_classes,
     forward_seconds,
@@ -34,6 +33,8 @@ from maskgit_lab.speed import (
     random_models,
     reset_peak_memory,
 )
+from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.hardware import machine_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -18,18 +18,18 @@ import sys
 
 import torch
 
-from maskgit_lab.comparison import machine_name
-from maskgit_lab.config import load_config
-from maskgit_lab.errors import ConfigError, add_device_argument, cli_errors
-from maskgit_lab.lit.mvtm import MVTMModule
-from maskgit_lab.models.vqgan import VQGAN
-from maskgit_lab.speed import (
+from maskgit_lab.cli import add_device_argument
+from maskgit_lab.config import load_config, with_data_sizes
+from maskgit_lab.decoding.speed import (
     benchmark_num_classes,
     median_seconds,
     peak_memory_gib,
     reset_peak_memory,
 )
-from maskgit_lab.train import fill_transformer_config
+from maskgit_lab.errors import ConfigError, cli_errors
+from maskgit_lab.hardware import machine_name
+from maskgit_lab.lit.mvtm import MVTMModule
+from maskgit_lab.models.vqgan import VQGAN
 
 DTYPES = {"fp32": None, "bf16-mixed": torch.bfloat16}
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--steps and --batch-size must be at least 1")
     cfg = load_config(args.config, args.overrides)
     tc = cfg.tokenizer
-    cfg = fill_transformer_config(cfg, tc.codebook_size, tc.num_tokens, benchmark_num_classes(cfg))
+    cfg = with_data_sizes(cfg, tc.codebook_size, tc.num_tokens, benchmark_num_classes(cfg))
     device = args.device
     torch.set_float32_matmul_precision("high")
     print(f"geometry: {cfg.name}; machine: {machine_name(device)}; torch {torch.__version__}")
