@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run repro tune test setup data inception ui lint clean
+.PHONY: run repro tune test test-fast setup data inception postgres ui lint clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "error: python3 not found" >&2; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,postgres]"
 	touch $(STAMP)
 
 # Fashion-MNIST: $$MASKGIT_FMNIST_DIR if set, else Debian's dataset-fashion-mnist package.
@@ -54,8 +54,23 @@ repro: setup data
 tune: setup data
 	$(PY) sweeps/tune_sampler.py --config $(CONFIG)
 
-test: setup data inception
+# PostgreSQL for the multi-machine sweep test (Debian's package; its server programs stay out of PATH).
+postgres:
+	@if command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  echo "PostgreSQL: found"; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "PostgreSQL: installing Debian package postgresql"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "PostgreSQL not found and apt-get unavailable: the multi-machine test will be skipped"; \
+	fi
+
+test: setup data inception postgres
 	$(PY) -m pytest -q
+
+# Everything but the long end-to-end tests (marked slow), for quick checks while editing.
+test-fast: setup data inception
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests sweeps benchmarks
