@@ -38,6 +38,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeps print their o
 HEARTBEAT_S = 20
 GRACE_S = 90
 WORKER_HOST, WORKER_PID = "worker_host", "worker_pid"
+CELL = "cell"  # set once a trial has suggested every parameter of its cell
 
 
 def storage_url(url: str | None, runs_dir: str | Path) -> str:
@@ -45,8 +46,12 @@ def storage_url(url: str | None, runs_dir: str | Path) -> str:
 
 
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a dead worker's trial with its parameters (a WAITING trial any worker pops)."""
-    if not trial.params:  # died before choosing its cell: nothing to re-queue
+    """Re-queue a dead worker's trial with its parameters (a WAITING trial any worker pops).
+
+    Only a trial that had chosen its whole cell (``CELL`` is set after the last ``suggest``):
+    one killed between two suggestions holds part of a cell, which GridSampler refuses to
+    complete; ``run_grid`` queues such a cell again whole, as it does any failed cell."""
+    if CELL not in trial.user_attrs:
         return
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in (WORKER_HOST, WORKER_PID)}
     study.add_trial(optuna.trial.create_trial(
@@ -108,6 +113,12 @@ def cell_key(params: dict[str, Any], names: Sequence[str]) -> str:
     return ",".join(f"{n}={params[n]}" for n in names)
 
 
+def full_cell(params: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The cell of a trial's parameters, or None while another worker is still between its
+    ``suggest`` calls (GridSampler sets one parameter at a time)."""
+    return cell_key(params, names) if all(n in params for n in names) else None
+
+
 class _Grid(optuna.samplers.GridSampler):
     """GridSampler whose ``after_trial`` does not stop the study: ``run_grid`` decides."""
 
@@ -137,8 +148,9 @@ def run_grid(
         mark_worker(trial)
         params = {n: trial.suggest_categorical(n, space[n]) for n in names}
         key = cell_key(params, names)
+        trial.set_user_attr(CELL, key)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.number != trial.number and t.params and cell_key(t.params, names) == key:
+            if t.number != trial.number and full_cell(t.params, names) == key:
                 if t.state == TrialState.COMPLETE or t.number < trial.number:
                     trial.set_user_attr("duplicate_of", t.number)
                     raise optuna.TrialPruned(f"{key} is already done or running (trial {t.number})")
@@ -150,8 +162,8 @@ def run_grid(
         trials = study.get_trials(deepcopy=False)
         state_of: dict[str, set] = {}
         for t in trials:
-            if t.params and set(names) <= set(t.params):
-                state_of.setdefault(cell_key(t.params, names), set()).add(t.state)
+            if (key := full_cell(t.params, names)) is not None:
+                state_of.setdefault(key, set()).add(t.state)
         done = {k for k, s in state_of.items() if TrialState.COMPLETE in s}
         busy = {k for k, s in state_of.items() if s & {TrialState.RUNNING, TrialState.WAITING}} - done
         todo = set(cells) - done - busy

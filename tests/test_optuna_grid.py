@@ -1,0 +1,107 @@
+"""``run_grid`` against the states other workers leave in a shared study: a trial caught
+between two ``suggest`` calls (only some of its cell's parameters set), alive or killed, and
+a killed trial that had chosen its whole cell. Every cell must end COMPLETE exactly once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from optuna.trial import TrialState
+
+from maskgit_lab.sweeps import optuna_study as S
+
+SPACE = {"schedule": ["cosine", "linear"], "T": [4, 8], "seed": [0, 1]}
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def study_at(tmp_path):
+    storage = S.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+    return S.grid_study("grid", storage, SPACE)
+
+
+def other_worker_trial(study, n_params: int, pid: int) -> int:
+    """A trial as another worker leaves it: RUNNING, marked with its host and pid, with only
+    the first ``n_params`` of its cell's parameters suggested so far."""
+    trial = study.ask()
+    trial.set_user_attr(S.WORKER_HOST, S.socket.gethostname())
+    trial.set_user_attr(S.WORKER_PID, pid)
+    params = {name: trial.suggest_categorical(name, SPACE[name]) for name in list(SPACE)[:n_params]}
+    if n_params == len(SPACE):  # as run_grid's objective does once the cell is whole
+        trial.set_user_attr(S.CELL, S.cell_key(params, list(SPACE)))
+    return trial.number
+
+
+def run_all(study) -> list[dict]:
+    ran = []
+
+    def run_cell(trial, params):
+        ran.append(params)
+        return float(params["T"])
+
+    S.run_grid(study, SPACE, run_cell, poll_s=0.01, log=lambda _: None)
+    return ran
+
+
+def completed_cells(study) -> Counter:
+    names = list(SPACE)
+    return Counter(S.cell_key(t.params, names)
+                   for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def test_fresh_grid_runs_every_cell_once(tmp_path):
+    study = study_at(tmp_path)
+    ran = run_all(study)
+    assert len(ran) == 8
+    counts = completed_cells(study)
+    assert len(counts) == 8 and set(counts.values()) == {1}
+
+
+@pytest.mark.parametrize("n_params", [1, 2])
+def test_a_dead_worker_killed_between_suggestions(tmp_path, n_params):
+    """The killed trial holds a partial cell: it is failed, not re-queued half-specified (which
+    GridSampler refuses), and its cell is queued again whole."""
+    study = study_at(tmp_path)
+    killed = other_worker_trial(study, n_params, dead_pid())
+    run_all(study)
+    counts = completed_cells(study)
+    assert len(counts) == 8 and set(counts.values()) == {1}
+    assert study.get_trials()[killed].state == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+
+
+def test_a_live_worker_between_suggestions_does_not_break_the_duplicate_check(tmp_path):
+    """Another worker's RUNNING trial with a partial cell is not a cell yet: skipping it (not a
+    KeyError) while this worker runs the grid. Here the other worker never finishes, so this
+    worker runs every cell itself."""
+    study = study_at(tmp_path)
+    other = other_worker_trial(study, 1, S.os.getppid())  # a live process on this host
+    run_all(study)
+    counts = completed_cells(study)
+    assert len(counts) == 8 and set(counts.values()) == {1}
+    assert study.get_trials()[other].state == TrialState.RUNNING
+
+
+def test_a_dead_worker_with_a_whole_cell_is_retried_once(tmp_path):
+    study = study_at(tmp_path)
+    killed = other_worker_trial(study, len(SPACE), dead_pid())
+    cell = S.cell_key(study.get_trials()[killed].params, list(SPACE))
+    ran = run_all(study)
+    assert len(ran) == 8
+    retries = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == killed]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert S.cell_key(retries[0].params, list(SPACE)) == cell
+    assert completed_cells(study)[cell] == 1
+
+
+def test_partial_params_have_no_cell_key():
+    assert S.cell_key({"schedule": "cosine", "T": 4, "seed": 0}, list(SPACE)) == "schedule=cosine,T=4,seed=0"
+    assert S.full_cell({"schedule": "cosine"}, list(SPACE)) is None
+    assert S.full_cell({"schedule": "cosine", "T": 4, "seed": 0, "x": 1}, list(SPACE)) == "schedule=cosine,T=4,seed=0"
