@@ -12,7 +12,7 @@ from smoke import SMOKE
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint, load_model
 from maskgit_lab.config import load_config, to_dict, with_data_sizes
-from maskgit_lab.data import fmnist
+from maskgit_lab.data import build_image_datamodule, fmnist
 from maskgit_lab.decoding.generate import generate_images
 from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.eval.inception import random_state_dict
@@ -178,6 +178,25 @@ def test_resume_from_last_checkpoint(fmnist_dir, tmp_path):
     assert meta["metrics"]["steps"] == 12
     ck = torch.load(d / "lightning" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 12
+
+
+def test_validation_every_val_every_batches_across_epochs(fmnist_dir, tmp_path):
+    """val_every longer than an epoch: validation at its multiples, not at every epoch end."""
+    import mlflow
+
+    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path}",
+                 f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    extra = ["transformer_train.batch_size=32", "transformer_train.val_every=20", "transformer_train.max_steps=41"]
+    assert train.main(["all", "--config", SMOKE, *overrides, *extra]) == 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fmnist_smoke")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "transformer-cosine")
+    n_train = len(build_image_datamodule(load_config(SMOKE, overrides).data, 32).dataset("train"))
+    assert n_train // 32 < 20, "an epoch must be shorter than val_every for this test"
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val/loss")})
+    # in-fit validations are logged at the 0-based index of their last training batch; the
+    # validation after fit at the final step
+    assert steps == [20 - 1, 40 - 1, 41]
 
 
 def test_settings_check_resolves_presets():

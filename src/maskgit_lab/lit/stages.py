@@ -99,6 +99,10 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
                            every_n_train_steps=max(1, val_every if max_steps < 0 else min(val_every, max_steps)))
     # Rich redraws in place on a terminal; in a log file TQDM prints a line every 50 batches.
     bar = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50)
+    # Validate every val_every batches, across epochs when an epoch is shorter (Lightning
+    # counts batches over epochs only with check_val_every_n_epoch=None)
+    per_epoch = max(1, n_batches // _world_size(cfg))
+    val_every = max(1, val_every)
     callbacks = [ckpt, bar]
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -110,8 +114,8 @@ def _trainer(cfg: ExperimentConfig, stage_dir: Path, logger, max_steps: int, val
         precision=precision,
         max_steps=max_steps,
         max_epochs=-1,
-        val_check_interval=max(1, min(val_every, n_batches // _world_size(cfg))),
-        check_val_every_n_epoch=1,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=1 if val_every <= per_epoch else None,
         num_sanity_val_steps=0,
         logger=logger if logger is not None else False,
         callbacks=callbacks,
