@@ -10,6 +10,7 @@ Loading is strict: a wrong kind, a foreign file or mismatched keys is a ConfigEr
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,21 @@ def save_model(
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 
+def load_weights(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` without torch's warning about the pickle protocol of a
+    file written elsewhere: a refused file is reported by the caller in one line, not three."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     """Load and check a model file of the given kind (weights_only=True)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"checkpoint {str(p)!r} not found")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        payload = load_weights(p)
     except Exception as exc:
         raise ConfigError(f"{p} is not a loadable maskgit_lab checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

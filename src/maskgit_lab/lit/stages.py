@@ -30,6 +30,7 @@ from maskgit_lab import tracking
 from maskgit_lab.checkpoints import (
     load_checkpoint,
     load_model,
+    load_weights,
     run_paths,
     save_model,
     tokenizer_identity,
@@ -160,7 +161,7 @@ def _last_ckpt(stage_dir: Path, cfg: ExperimentConfig, sections: tuple[str, ...]
     # weights_only: the folder is a DVC output a shared cache could fill, so nothing in it is
     # unpickled as code; Lightning's own checkpoints load this way (plain tensors and dicts).
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = load_weights(p)
         saved = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
     except Exception as exc:  # noqa: BLE001 - truncated (a full disk), corrupt, or not a checkpoint at all
         print(f"warning: ignoring the unreadable resume file {p} ({type(exc).__name__}); training from the start",
