@@ -18,6 +18,7 @@ def args(trained, tmp_path, *extra):
     return sweep_args(trained, tmp_path, "sweep.batch_size=8", *extra)
 
 
+@pytest.mark.slow  # ~70 s: the whole Table 1 sweep (AR training, four decoders, CAS)
 def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     _, run_dir = trained
     assert comparison.main(args(trained, tmp_path, "--best", "linear:2", "sweep.ar_temperature_scan=[0.9,1.1]")) == 0
