@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from maskgit_lab.checkpoints import load_state_strict, save_model
+from maskgit_lab.checkpoints import load_state_strict, load_weights, save_model
 from maskgit_lab.config import ExperimentConfig, load_config, with_data_sizes
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import check_output_dir, file_sha256
@@ -41,7 +41,7 @@ def load_source(path: str | Path, trust: bool) -> Any:
     if not p.is_file():
         raise ConfigError(f"checkpoint {str(p)!r} not found")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return load_weights(p)
     except Exception as exc:  # UnpicklingError, or a missing class of an old library
         if not trust:
             first = str(exc).strip().splitlines()[0][:160]
