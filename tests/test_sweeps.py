@@ -85,6 +85,39 @@ def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys)
     assert (out / "schedule_ablation.csv").read_text() == first
 
 
+def test_growing_the_grid_measures_only_the_new_cells(trained, tmp_path, capsys):
+    """More seeds (or T values) keep the sweep's id: the finished cells are reused from
+    MLflow, only the new ones are measured, and each table shows exactly its own grid."""
+    assert schedule_ablation.main(sweep_args(trained, tmp_path, "sweep.seeds=[1]", "sweep.steps=[2]")) == 0
+    small = pd.read_csv(tmp_path / "results" / "schedule_ablation_cells.csv")
+    assert len(small) == 3 + 2 and set(small["seed"]) == {1}
+    capsys.readouterr()
+
+    assert schedule_ablation.main(sweep_args(trained, tmp_path)) == 0  # seeds [0, 1], T [2, 4]
+    out = capsys.readouterr().out
+    assert out.count("(reused)") == 5, "the 3 cells and 2 reference cells of the small grid"
+    measured = [line for line in out.splitlines() if line.startswith("[") and "(reused)" not in line]
+    assert len(measured) == CELLS - 5
+    cells = finished_cells(tmp_path)
+    assert len(cells) == CELLS == len(set(cells)), "every cell measured once, in one MLflow run"
+    grown = pd.read_csv(tmp_path / "results" / "schedule_ablation_cells.csv")
+    assert len(grown) == CELLS and set(grown["seed"]) == {0, 1}
+    # a reused cell keeps its numbers
+    key = ["schedule", "steps", "seed", "reference_row"]
+    both = small.merge(grown, on=[k for k in key if k in small], suffixes=("_small", "_grown"))
+    assert len(both) == 5 and np.allclose(both["fid_small"], both["fid_grown"])
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["schedules"]["cosine"]["4"]["seeds"] == 2
+
+    capsys.readouterr()  # back to the small grid: nothing to measure, the table has its grid only
+    assert schedule_ablation.main(sweep_args(trained, tmp_path, "sweep.seeds=[1]", "sweep.steps=[2]")) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 cells already measured" in out and "0 to measure" in out
+    assert not [line for line in out.splitlines() if line.startswith("[")]
+    again = pd.read_csv(tmp_path / "results" / "schedule_ablation_cells.csv")
+    assert len(again) == 5 and set(again["seed"]) == {1} and finished_cells(tmp_path) == cells
+
+
 def _launch(trained, tmp_path, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "sweeps/schedule_ablation.py", *sweep_args(trained, tmp_path, *extra)],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import mlflow
@@ -121,10 +121,15 @@ def log_metrics(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, flo
 class SweepLog:
     """MLflow side of a sweep: the parent run, and one nested run per cell or trial."""
 
-    def __init__(self, cfg: ExperimentConfig, sid: str, kind: str, run_name: str, info: dict) -> None:
+    def __init__(self, cfg: ExperimentConfig, sid: str, kind: str, run_name: str, info: dict,
+                 mutable: Iterable[str] = ()) -> None:
+        """``mutable``: keys of ``info`` that may change between runs of one sweep (its grid:
+        seeds, T values); they are tags of the parent, set on every run, not params."""
         self.cfg, self.sid = cfg, sid
         # A few key params for the UI's runs table; the whole resolved config is the artifact.
-        key = {k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in info.items()}
+        text = {k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in info.items()}
+        mutable = set(mutable)
+        key = {k: v for k, v in text.items() if k not in mutable}
         key.update({"sampling.schedule": cfg.sampling.schedule, "sampling.steps": cfg.sampling.steps,
                     "sampling.choice_temperature": cfg.sampling.choice_temperature,
                     "transformer.preset": cfg.transformer.preset, "tokenizer.codebook_size": cfg.tokenizer.codebook_size})
@@ -139,6 +144,9 @@ class SweepLog:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot use the MLflow tracking store {redact_url(cfg.tracking_uri)!r}: "
                               f"{redact_url(reason)}") from None
+        self.client.set_tag(self.parent, "sweep_info", json.dumps(info))
+        for k in sorted(mutable):
+            self.client.set_tag(self.parent, f"grid.{k}", str(text[k]))
         self.config_text = yaml.safe_dump(logged_config(cfg), sort_keys=False)
         if not self.client.list_artifacts(self.parent):
             self.client.log_text(self.parent, self.config_text, "config.yaml")
@@ -158,6 +166,18 @@ class SweepLog:
             raise
         self.client.set_terminated(run_id, "FINISHED")
         return metrics
+
+    def finished_cells(self) -> dict[str, dict[str, float]]:
+        """The metrics of every FINISHED cell run of this sweep, by cell key."""
+        out, token = {}, None
+        while True:
+            page = self.client.search_runs(
+                [self.exp], f"tags.sweep_id = '{self.sid}' and tags.sweep_role = 'cell' and "
+                "attributes.status = 'FINISHED'", max_results=1000, page_token=token)
+            out.update({r.data.tags["cell"]: dict(r.data.metrics) for r in page})
+            token = page.token
+            if not token:
+                return out
 
     def end(self, status: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
         """Close the parent run (FINISHED, FAILED or KILLED) with the sweep's headline numbers.

@@ -17,6 +17,7 @@ and metrics excluded.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -56,16 +57,27 @@ TIMING_NOTE = ("s/img: wall time to produce the images (transformer decoding and
                "feature extraction and metrics excluded)")
 
 
-def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None) -> str:
-    """Content key of a sweep: everything that changes its numbers (not paths or URIs)."""
+def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_keys: Iterable[str] = ()) -> str:
+    """Content key of a sweep: everything that changes its numbers (not paths or URIs).
+
+    ``grid_keys`` (settings under ``sweep``) only choose which cells run, not what a cell
+    measures: they are left out, so a sweep grown by more seeds or steps keeps its id and
+    its finished cells."""
     d = to_dict(cfg)
     for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
         d.pop(k)
     # settings of the other sweep kinds do not change this one's numbers
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
     d["sweep"] = {k: v for k, v in d["sweep"].items()
-                  if all(not k.startswith(p) or kind == o for p, o in owner.items())}
+                  if all(not k.startswith(p) or kind == o for p, o in owner.items()) and k not in grid_keys}
     return f"{cfg.name}.{kind}.{content_key([kind, d, extra or {}], 10)}"
+
+
+def grid_study_name(sid: str, space: dict[str, list]) -> str:
+    """The Optuna study of one grid of a sweep. Optuna fixes a categorical parameter's
+    choices for the life of a study, so each grid (the sweep's id and the grid's values) has
+    its own; cells finished under another grid of the same sweep are taken from MLflow."""
+    return f"{sid}.{content_key([space], 8)}"
 
 
 def schedule_config(cfg: ExperimentConfig, schedule: str) -> ExperimentConfig:
@@ -131,6 +143,9 @@ class Sweep:
     kind: ClassVar[str]
     title: ClassVar[str]
     table_file: ClassVar[str]
+    # Settings under ``sweep`` that choose which cells run (seeds, T values, ...), not what a
+    # cell measures: left out of the sweep's id, so growing the grid reuses finished cells.
+    grid_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         self.cfg, self.args, self.device = cfg, args, args.device
@@ -221,11 +236,12 @@ class Sweep:
         self.evaluation = Evaluation(self.cfg, self.n, None, self.device, self.cfg.sweep.batch_size)
         self.git_commit = git_commit() or "unknown"
         self.prepare()
-        self.sid = sweep_id(self.cfg, self.kind, self.identity())
+        self.sid = sweep_id(self.cfg, self.kind, self.identity(), self.grid_keys)
         self.info = {"experiment": self.cfg.name, "n": self.n, "seeds": list(self.cfg.sweep.seeds),
                      "extractor": self.evaluation.ext.name, "sweep_id": self.sid,
                      "sampling_precision": dtype_name(self.dtype), **self.describe()}
-        self.mlog = SweepLog(self.cfg, self.sid, self.kind, self.run_name(), self.info)
+        self.mlog = SweepLog(self.cfg, self.sid, self.kind, self.run_name(), self.info,
+                             mutable=[k for k in self.info if k in self.grid_keys])
 
     def provenance(self, key: str = "*", seed: int | None = None) -> dict:
         """What identifies a cell's inputs, logged as params of every nested run."""
@@ -304,32 +320,61 @@ class Sweep:
     def grid_keep(self) -> int:
         return self.cfg.sweep.grid_per_class * self.model().num_classes
 
-    def search(self) -> None:
-        """Run every cell of ``space()`` not yet complete (Optuna grid, resumable, shared)."""
-        self.run_space(self.space(), self.sid)
+    def spaces(self) -> list[dict[str, list]]:
+        """The sweep's grids, run in this order (a grid kind's cells are their union)."""
+        return [self.space()]
 
-    def run_space(self, space: dict[str, list], study_name: str) -> None:
-        """One resumable Optuna grid over ``space``: each cell in its own nested MLflow run."""
-        st = S.grid_study(study_name, self.storage, space)
-        total = 1
-        for v in space.values():
-            total *= len(v)
+    def search(self) -> None:
+        """Run every cell of ``spaces()`` not yet complete (Optuna grids, resumable, shared)."""
+        for space in self.spaces():
+            self.run_space(space)
+
+    def run_space(self, space: dict[str, list]) -> None:
+        """One resumable Optuna grid over ``space``: each cell in its own nested MLflow run.
+        A cell already finished in MLflow under this sweep's id (by a smaller or an other
+        grid) is taken from there, not measured again."""
+        st = S.grid_study(grid_study_name(self.sid, space), self.storage, space)
+        total = int(np.prod([len(v) for v in space.values()]))
+        finished = self.mlog.finished_cells()
+        reused = sum(S.cell_key(p, list(space)) in finished for p in grid_cells(space))
+        if reused:
+            print(f"{reused} of {total} cells already measured (MLflow runs of sweep {self.sid}); "
+                  f"{total - reused} to measure", flush=True)
+        started = time.perf_counter()
+        ran = 0
 
         def run_cell(trial: Trial, params: dict[str, Any]) -> float:
-            rec = self.mlog.cell(S.cell_key(params, list(space)), self.cell_name(params),
-                                 self.cell_params(params), lambda run_id: self.run_cell(params, run_id))
+            nonlocal ran
+            key = S.cell_key(params, list(space))
+            if key in finished:
+                rec, note = finished[key], " (reused)"
+            else:
+                rec = self.mlog.cell(key, self.cell_name(params), self.cell_params(params),
+                                     lambda run_id: self.run_cell(params, run_id))
+                ran += 1
+                note = ""
             for k, v in rec.items():
                 trial.set_user_attr(k, v)
             done = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) + 1
-            print(f"[{done}/{total}] {self.cell_line(params, rec)}", flush=True)
+            left = total - done
+            eta = (f", ETA {(time.perf_counter() - started) / ran * left / 60:.1f} min"
+                   if ran and left and not note else "")
+            print(f"[{done}/{total}{eta}] {self.cell_line(params, rec)}{note}", flush=True)
             return rec["fid"]
 
         S.run_grid(st, space, run_cell)
 
+    @staticmethod
+    def select(df, info: dict):
+        """The finished cells of the grid ``info`` describes. A kind with ``grid_keys``
+        keeps cells of its other grids (more seeds, other T) under the same sweep id, so it
+        filters here; the rest have one grid per id."""
+        return df
+
     def headline(self) -> tuple[dict[str, float], dict[str, str]]:
         """The sweep's headline for its MLflow parent: the lowest mean FID over seeds among its
         cells (a pointer into the table, whose intervals say how much it means) and that cell."""
-        df = sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid)
+        df = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
         keys = [k for k in self.space() if k != "seed" and k in df]
         if "fid" not in df or not keys:
             return {}, {}
@@ -341,7 +386,8 @@ class Sweep:
 
     def finish(self) -> str:
         """Rebuild the table from the finished MLflow runs; return it as Markdown."""
-        return self.write(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.out_dir, self.info)
+        df = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
+        return self.write(df, self.out_dir, self.info)
 
 
 def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
@@ -378,6 +424,12 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         return 0
 
     return main
+
+
+def grid_cells(space: dict[str, list]) -> list[dict[str, Any]]:
+    """Every cell of a grid, as parameter dicts."""
+    names = list(space)
+    return [dict(zip(names, v, strict=True)) for v in itertools.product(*space.values())]
 
 
 def interval(values, level: float = 0.95) -> tuple[float, float, float, int]:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind in done or kind not in KINDS:
             continue
         info = json.loads(p["tags.sweep_info"])
-        df = sweep_runs(cfg.tracking_uri, cfg.name, p["tags.sweep_id"])
+        df = KINDS[kind].select(sweep_runs(cfg.tracking_uri, cfg.name, p["tags.sweep_id"]), info)
         KINDS[kind].write(df, out_dir, info)
         print(f"{kind}: {len(df)} cells from sweep {p['tags.sweep_id']} -> {out_dir}/{KINDS[kind].table_file}")
         done.add(kind)

@@ -55,6 +55,7 @@ class ScheduleAblation(Sweep):
     kind = "schedule_ablation"
     title = "Regenerate the paper's Table 3 (mask schedule x decoding steps) on the configured dataset."
     table_file = "schedule_ablation.md"
+    grid_keys = ("schedules", "steps", "seeds", "report_steps")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -85,7 +86,7 @@ class ScheduleAblation(Sweep):
     def describe(self) -> dict:
         sw = self.cfg.sweep
         report = min(sw.steps, key=lambda t: (abs(t - sw.report_steps), t))
-        return {"mode": self.mode, "steps": list(sw.steps), "report_steps": report,
+        return {"mode": self.mode, "schedules": list(sw.schedules), "steps": list(sw.steps), "report_steps": report,
                 "num_tokens": self.model().transformer.cfg.num_tokens,
                 "train_schedule": self.model(sw.schedules[0]).cfg.transformer_train.schedule,
                 "choice_temperature": self.cfg.sampling.choice_temperature}
@@ -103,10 +104,9 @@ class ScheduleAblation(Sweep):
         sw = self.cfg.sweep
         return {"schedule": list(sw.schedules), "steps": list(sw.steps), "seed": list(sw.seeds)}
 
-    def search(self) -> None:
+    def spaces(self) -> list[dict[str, list]]:
         """The reference rows first (a grid of their own), then every schedule x T x seed."""
-        self.run_space({"reference_row": list(REFERENCES), "seed": list(self.cfg.sweep.seeds)}, f"{self.sid}.reference")
-        self.run_space(self.space(), self.sid)
+        return [{"reference_row": list(REFERENCES), "seed": list(self.cfg.sweep.seeds)}, self.space()]
 
     def decode_config(self, params: dict):
         return replace(self.cfg.sampling, schedule=params["schedule"], steps=params["steps"]).validated(
@@ -162,6 +162,18 @@ class ScheduleAblation(Sweep):
         if "nll" in rec:
             line += f"  NLL {rec['nll']:.3f}  {rec['seconds_per_image'] * 1000:.2f} ms/img"
         return line
+
+    @staticmethod
+    def select(df: pd.DataFrame, info: dict) -> pd.DataFrame:
+        """The cells of the grid in ``info`` (schedules x steps x seeds, and the reference
+        rows of those seeds); sweeps recorded before ``schedules`` was in ``info`` keep all."""
+        seeds = {str(s) for s in info["seeds"]}
+        keep = df["seed"].astype(str).isin(seeds)
+        if "schedule" in df:
+            grid = df["schedule"].isin(info.get("schedules", df["schedule"].dropna().unique()))
+            grid &= df["steps"].astype(str).isin({str(t) for t in info["steps"]})
+            keep &= grid | df["schedule"].isna()
+        return df[keep].reset_index(drop=True)
 
     @staticmethod
     def write(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
