@@ -44,7 +44,7 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     (repo / "experiments/dvc_smoke.yaml").write_text(yaml.safe_dump(smoke))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update(config="experiments/dvc_smoke.yaml", experiment="dvc_smoke")
-    params["sweep"].update(n=40, steps="[2,4]")
+    params["sweep"].update(n=40, steps="[2,4]", seeds="[0,1]", table_seeds="[0,1]")
     params["tune"].update(trials=2)
     params["taus"] = "1,3"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
