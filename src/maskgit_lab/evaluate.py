@@ -31,7 +31,7 @@ from maskgit_lab.eval.evaluator import classification_accuracy_score
 from maskgit_lab.eval.metrics import CLASS_CONSISTENCY, METRIC_KEYS
 from maskgit_lab.eval.nll import masked_token_nll
 from maskgit_lab.hardware import autocast, dtype_name, inference_dtype
-from maskgit_lab.io import atomic_write_text, check_output
+from maskgit_lab.io import atomic_write_text, check_output, git_commit
 
 SOURCES = ("samples", "reconstructions", "train")
 
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                 stream = (kept.append(x) or x for x in stream)
             generated = ev.features(stream, desc="sample features")
             images = torch.cat(kept) if args.cas else None
-            info.update(decode=dcfg.__dict__, checkpoint=ckpt, git_commit=meta.get("git_commit"))
+            info.update(decode=dcfg.__dict__, checkpoint=ckpt, model_git_commit=meta.get("git_commit"))
     seconds = time.time() - start
 
     result = ev.score(generated, args.seed, labels if args.source == "samples" else None)
-    result.update(source=args.source, seconds=round(seconds, 1), **info)
+    result.update(source=args.source, seconds=round(seconds, 1), git_commit=git_commit() or "unknown", **info)
     if args.cas:
         print(f"CAS: training a classifier on the {args.n} {args.source} images for {cfg.evaluator.cas_steps} steps")
         result.update(classification_accuracy_score(images, labels, ev.test, cfg.evaluator, cfg.evaluator.cas_steps,
