@@ -35,7 +35,15 @@ from maskgit_lab.eval.evaluator import classification_accuracy_score
 from maskgit_lab.hardware import inference_dtype, machine_name
 from maskgit_lab.io import atomic_write_text, content_key, file_sha256
 from maskgit_lab.lit.stages import train_transformer
-from maskgit_lab.sweeps.common import TIMING_NOTE, Sweep, decode_params, interval, pm, sweep_main
+from maskgit_lab.sweeps.common import (
+    TIMING_NOTE,
+    Sweep,
+    decode_params,
+    ensure_models,
+    interval,
+    pm,
+    sweep_main,
+)
 from maskgit_lab.sweeps.paper import PAPER_TABLE1
 from maskgit_lab.sweeps.tables import write_table
 
@@ -48,6 +56,7 @@ class Row:
     key: str
     method: str  # "maskgit" | "ar"
     decode: DecodeConfig | ARDecodeConfig
+    model: str = "*"  # which loaded MaskGIT model samples the row ("best": the one trained with its schedule)
 
     @property
     def label(self) -> str:
@@ -100,6 +109,8 @@ class Comparison(Sweep):
         """MaskGIT's file (trained first if missing); the AR baseline is trained (if missing)
         and loaded here too, and must come from the same tokenizer."""
         files = super().model_files()
+        if self.per_schedule:  # Table 3's best row is its schedule's own model (the paper's design)
+            files["best"] = ensure_models(self.cfg, [self.best[0]])[self.best[0]]
         ar_file = self.args.ar_checkpoint
         if ar_file is None:
             train_transformer(self.cfg, kind="ar_transformer")
@@ -114,6 +125,14 @@ class Comparison(Sweep):
         self.ar_sampler = for_sampling(self.ar, self.ar_sampler_dtype)
         self.ar_temperature, self.ar_scan = self.cfg.sweep.ar_temperature, {}
         return files
+
+    @property
+    def per_schedule(self) -> bool:
+        """The best row samples the transformer trained with its own schedule (``sweep.mode``
+        train, the default, as in the ablation); with decode mode or one ``--checkpoint``,
+        every MaskGIT row samples the same model."""
+        return (self.cfg.sweep.mode == "train" and not self.args.checkpoint
+                and self.best[0] != self.cfg.transformer_train.schedule)
 
     def prepare(self) -> None:
         if self.cfg.sweep.ar_temperature_scan:
@@ -155,7 +174,7 @@ class Comparison(Sweep):
         ar_cfg = ARDecodeConfig(temperature=self.ar_temperature, top_k=sw.ar_top_k, top_p=sw.ar_top_p)
         rows = {
             "maskgit-best": Row("maskgit-best", "maskgit", replace(self.cfg.sampling, schedule=self.best[0],
-                                                                   steps=self.best[1])),
+                                                                   steps=self.best[1]), model="best"),
             "maskgit-T8": Row("maskgit-T8", "maskgit", replace(self.cfg.sampling, steps=min(8, n_tok))),
             "ar-recompute": Row("ar-recompute", "ar", replace(ar_cfg, decoder="recompute")),
             "ar-kv-cache": Row("ar-kv-cache", "ar", replace(ar_cfg, decoder="kv-cache")),
@@ -166,11 +185,14 @@ class Comparison(Sweep):
 
     def identity(self) -> dict:
         m = self.model()
-        return {"models": {"maskgit": m.sha, "ar": self.ar_sha, "tokenizer": m.meta["tokenizer_sha"]},
+        return {"models": {"maskgit": m.sha, "ar": self.ar_sha, "tokenizer": m.meta["tokenizer_sha"],
+                           **({"maskgit-best": self.model("best").sha} if "best" in self.models else {})},
                 "best": list(self.best), "device": self.device, "ar_temperature": self.ar_temperature}
 
     def describe(self) -> dict:
-        return {"best": list(self.best), "device": self.device, "num_tokens": self.ar.cfg.num_tokens,
+        return {"best": list(self.best), "best_model": ("trained with its schedule" if "best" in self.models
+                                                        else "the config's"),
+                "device": self.device, "num_tokens": self.ar.cfg.num_tokens,
                 "large_batch": self.cfg.sweep.batch_size, "machine": machine_name(self.device),
                 "ar_temperature": self.ar_temperature, "ar_temperature_scan": self.ar_scan}
 
@@ -186,7 +208,7 @@ class Comparison(Sweep):
 
     def codes_fn(self, row: Row):
         if row.method == "maskgit":
-            model = self.model().sampler
+            model = self.model(row.model).sampler
             return lambda y, g: generate_codes(model, y, row.decode, g).tokens
         return lambda y, g: ar_decode(self.ar_sampler, y, row.decode, g)
 
@@ -199,7 +221,7 @@ class Comparison(Sweep):
         """Seconds per image at batch 1 and images per second at the sweep's batch size."""
         big = self.cfg.sweep.batch_size
         if row.method == "maskgit":
-            model = self.model().sampler
+            model = self.model(row.model).sampler
             one = maskgit_seconds(model, 1, row.decode, self.device, repeats=5)
             many = maskgit_seconds(model, big, row.decode, self.device, repeats=1)
         else:
@@ -210,14 +232,17 @@ class Comparison(Sweep):
     def row_nll(self, row: Row) -> float:
         if row.method == "ar":
             return ar_nll(self.ar, *self.held_out())["nll"]
-        return self.nll(self.model().cfg.transformer_train.schedule)["nll"]
+        m = self.model(row.model)
+        return self.nll(m.cfg.transformer_train.schedule, key=row.model)["nll"]
 
     def cell_params(self, params: dict) -> dict:
         row = self.rows[params["row"]]
         out = {"row": row.key, "method": row.method, "label": row.label, "device": self.device,
                **self.provenance(seed=params["seed"])}
         if row.method == "maskgit":
-            out.update(decode_params(row.decode), schedule=row.decode.schedule, steps=row.decode.steps)
+            m = self.model(row.model)
+            out.update(decode_params(row.decode), schedule=row.decode.schedule, steps=row.decode.steps,
+                       train_schedule=m.cfg.transformer_train.schedule, checkpoint_sha=m.sha)
         else:
             out.update({f"ar.{k}": v for k, v in row.decode.__dict__.items()}, steps=self.ar.cfg.num_tokens,
                        checkpoint_sha=self.ar_sha)
@@ -226,7 +251,7 @@ class Comparison(Sweep):
     def run_cell(self, params: dict, run_id: str) -> dict:
         """Sample, score, CAS, time."""
         row, cfg, n, seed = self.rows[params["row"]], self.cfg, self.n, params["seed"]
-        m = self.model()
+        m = self.model(row.model)
         labels = torch.arange(n) % m.num_classes
         stream = iter_decoded(self.codes_fn(row), m.decoder, labels, seed, cfg.sweep.batch_size,
                               torch.device(self.device))
@@ -320,7 +345,11 @@ def write_comparison(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
     caption = (
         f"Comparison (Table 1 shape) on {info['experiment']}: N = {info['n']} class-balanced samples per row and "
         f"seed vs the first {info['n']} test images, extractor {info['extractor']}; quality columns: mean ± 95% "
-        f"t-interval half-width over seeds {info.get('seeds')}. Steps = forward "
+        f"t-interval half-width over seeds {info.get('seeds')}. "
+        + ("Each MaskGIT row samples the transformer trained with its own schedule (the ablation's design). "
+           if info.get("best_model") == "trained with its schedule" else
+           "Both MaskGIT rows sample the same transformer. ")
+        + "Steps = forward "
         f"passes per image. CAS = top-1/top-5 accuracy (%) on the real test set of a classifier trained on the "
         f"samples. Timings: transformer only (tokenizer decoder excluded) on {info.get('machine', '?')} "
         f"({info.get('device', '?')}), large batch = {info.get('large_batch', '?')}; the runs' "
