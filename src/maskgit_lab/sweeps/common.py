@@ -17,7 +17,6 @@ and metrics excluded.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -154,6 +153,7 @@ class Sweep:
         self.models: dict[str, LoadedModel] = {}
         self._nll: dict[tuple[str, str], dict] = {}
         self._held_out: tuple[Tensor, Tensor] | None = None
+        self._finished = None  # finished_runs(), once the search is over
 
     # ---- what a sweep kind says about itself
 
@@ -336,7 +336,7 @@ class Sweep:
         st = S.grid_study(grid_study_name(self.sid, space), self.storage, space)
         total = int(np.prod([len(v) for v in space.values()]))
         finished = self.mlog.finished_cells()
-        reused = sum(S.cell_key(p, list(space)) in finished for p in grid_cells(space))
+        reused = sum(S.cell_key(p, list(space)) in finished for p in S.grid_cells(space))
         if reused:
             print(f"{reused} of {total} cells already measured (MLflow runs of sweep {self.sid}); "
                   f"{total - reused} to measure", flush=True)
@@ -374,7 +374,7 @@ class Sweep:
     def headline(self) -> tuple[dict[str, float], dict[str, str]]:
         """The sweep's headline for its MLflow parent: the lowest mean FID over seeds among its
         cells (a pointer into the table, whose intervals say how much it means) and that cell."""
-        df = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
+        df = self.finished_runs()
         keys = [k for k in self.space() if k != "seed" and k in df]
         if "fid" not in df or not keys:
             return {}, {}
@@ -384,10 +384,15 @@ class Sweep:
         return {"best_fid": float(means.min())}, {"best_cell": ",".join(f"{k}={v}" for k, v in zip(keys, best,
                                                                                                  strict=True))}
 
+    def finished_runs(self):
+        """The finished MLflow cell runs of the current grid (read once, after the search)."""
+        if self._finished is None:
+            self._finished = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
+        return self._finished
+
     def finish(self) -> str:
         """Rebuild the table from the finished MLflow runs; return it as Markdown."""
-        df = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
-        return self.write(df, self.out_dir, self.info)
+        return self.write(self.finished_runs(), self.out_dir, self.info)
 
 
 def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
@@ -424,12 +429,6 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         return 0
 
     return main
-
-
-def grid_cells(space: dict[str, list]) -> list[dict[str, Any]]:
-    """Every cell of a grid, as parameter dicts."""
-    names = list(space)
-    return [dict(zip(names, v, strict=True)) for v in itertools.product(*space.values())]
 
 
 def interval(values, level: float = 0.95) -> tuple[float, float, float, int]:

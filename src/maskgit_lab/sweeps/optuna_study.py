@@ -113,6 +113,12 @@ def cell_key(params: dict[str, Any], names: Sequence[str]) -> str:
     return ",".join(f"{n}={params[n]}" for n in names)
 
 
+def grid_cells(space: dict[str, list]) -> list[dict[str, Any]]:
+    """Every cell of a grid, as parameter dicts."""
+    names = list(space)
+    return [dict(zip(names, v, strict=True)) for v in itertools.product(*space.values())]
+
+
 def full_cell(params: dict[str, Any], names: Sequence[str]) -> str | None:
     """The cell of a trial's parameters, or None while another worker is still between its
     ``suggest`` calls (GridSampler sets one parameter at a time)."""
@@ -139,8 +145,7 @@ def run_grid(
     running). An exception in ``run_cell`` fails that trial and propagates.
     """
     names = list(space)
-    grid = [dict(zip(names, v, strict=True)) for v in itertools.product(*space.values())]
-    cells = {cell_key(p, names): p for p in grid}
+    cells = {cell_key(p, names): p for p in grid_cells(space)}
     if not isinstance(study.sampler, optuna.samplers.GridSampler):
         raise ValueError("run_grid needs a study created by grid_study()")
 
