@@ -256,3 +256,19 @@ def test_explicit_attention_path_matches_the_fused_kernel():
         assert torch.allclose(out.float(), ref, atol=3e-2)
         out.float().sum().backward()
         assert qb.grad is not None and torch.isfinite(qb.grad.float()).all()
+
+
+def test_reduced_precision_inference_attention_is_explicit_on_short_sequences_and_matches():
+    from maskgit_lab.models import transformer as T
+
+    torch.manual_seed(0)
+    for length in (9, T.EXPLICIT_INFERENCE_MAX_LEN + 1):
+        q, k, v = (torch.randn(3, 4, length, 8) for _ in range(3))
+        mask = torch.rand(length, length) > 0.3
+        mask[:, 0] = True
+        with torch.inference_mode():
+            for kwargs in ({}, {"is_causal": True}, {"attn_mask": mask}):
+                out = T.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), **kwargs)
+                ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+                assert out.dtype == torch.bfloat16
+                assert torch.allclose(out.float(), ref, atol=3e-2)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from maskgit_lab.decoding.sampler import DecodeConfig, decode, reveal_increments
+from maskgit_lab.decoding.sampler import DecodeConfig, _categorical, decode, reveal_increments, takes_positions
 from maskgit_lab.decoding.schedules import gamma
 from maskgit_lab.errors import ConfigError
 
@@ -230,3 +230,58 @@ def test_log_and_exp_schedules_count_from_the_unknown_tokens_of_each_row():
     # the history holds log p of each sampled token at the positions unknown before the step
     assert torch.isnan(res.log_probs[0, 0, 16:]).all() and torch.allclose(
         res.log_probs[0, 0, :16], torch.full((16,), -math.log(k)))
+
+
+class SubsetLogits(FakeLogits):
+    """FakeLogits that also answers for given positions only ([M, K], row-major), as the
+    suite's transformers do."""
+
+    def __call__(self, tokens, labels, positions=None):
+        full = super().__call__(tokens, labels)
+        return full if positions is None else full[positions]
+
+
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_decoder_asks_for_the_unknown_positions_only_and_decodes_the_same(weight):
+    assert takes_positions(SubsetLogits()) and not takes_positions(FakeLogits())
+    cfg = DecodeConfig(steps=6, choice_temperature=2.0, guidance_weight=weight)
+    tokens = torch.full((4, N), MASK)
+    tokens[1, :5] = 3  # a partly known row
+    full, sub = FakeLogits(), SubsetLogits()
+    a = run(cfg, tokens=tokens.clone(), fn=full)
+    b = run(cfg, tokens=tokens.clone(), fn=sub)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.states, b.states)
+    assert torch.equal(a.log_probs.nan_to_num(-1), b.log_probs.nan_to_num(-1))
+
+
+def test_decoder_rejects_a_subset_answer_of_the_wrong_size():
+    def bad(tokens, labels, positions=None):
+        return torch.zeros(3, K)
+
+    with pytest.raises(ValueError, match="unknown positions"):
+        run(DecodeConfig(steps=4), fn=bad)
+
+
+@pytest.mark.parametrize("k", [1024, 100, 7])
+def test_categorical_draws_follow_the_probabilities_and_never_a_zero_one(k):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(k, generator=g) ** 4
+    probs[::3] = 0.0  # codes that must never be drawn
+    probs = probs / probs.sum()
+    m = 200_000
+    draws = _categorical(probs.expand(m, k).contiguous(), torch.Generator().manual_seed(1))
+    assert draws.min() >= 0 and draws.max() < k
+    counts = torch.bincount(draws, minlength=k).double()
+    assert counts[probs == 0].sum() == 0
+    expected = probs.double() * m
+    # every code within 5 binomial standard deviations (plus one count) of its expectation
+    assert ((counts - expected).abs() <= 5 * (expected * (1 - probs.double())).sqrt() + 1).all()
+
+
+def test_categorical_is_the_inverse_cdf_of_its_uniform():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(500, 1024, generator=g, dtype=torch.float64) * 3, -1)
+    draws = _categorical(probs, torch.Generator().manual_seed(5))
+    u = torch.rand(500, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = torch.searchsorted(probs.cumsum(-1), u * probs.sum(-1, keepdim=True), right=True).squeeze(-1)
+    assert torch.equal(draws, ref)

@@ -206,3 +206,14 @@ def test_tune_sampler_runs_resumes_and_records(trained, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
     assert len(runs) == 4 and runs["params.decode.steps"].notna().all()
+
+
+def test_cells_of_older_sampler_numerics_are_not_reused(monkeypatch):
+    from maskgit_lab.config import load_config
+    from maskgit_lab.sweeps import common
+
+    cfg = load_config(SMOKE)
+    before = common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",))
+    assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) == before
+    monkeypatch.setattr(common, "NUMERICS_REVISION", common.NUMERICS_REVISION + 1)
+    assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) != before

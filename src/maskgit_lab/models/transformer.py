@@ -110,25 +110,39 @@ class TokenTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+# Longest sequence for which explicit attention beats the fused kernel in reduced precision
+# on the CPU without gradients (bf16, 2-core AMD EPYC Zen 5, benchmarks/roofline.py: 3.2 ms
+# against 8.6 ms at 250 x 4 heads x 65 tokens x 32; the fused kernel wins at 257 tokens).
+EXPLICIT_INFERENCE_MAX_LEN = 128
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, is_causal: bool = False,
               attn_mask: Tensor | None = None) -> Tensor:
     """Multi-head attention over [B, heads, L, head_dim] queries, keys and values.
 
-    PyTorch's fused kernel (``scaled_dot_product_attention``), except where gradients flow
-    through reduced-precision attention on the CPU: there the fused kernel's backward is about
-    5x slower than explicit matmuls (measured by benchmarks/roofline.py: a bf16 training step
-    of the default transformer, 285 ms fused against 150 ms explicit on a 2-core AMX Xeon), so
-    the explicit form is used. Both compute softmax(q k^T / sqrt(d) + mask) v.
+    PyTorch's fused kernel (``scaled_dot_product_attention``), except in reduced precision on
+    the CPU where explicit matmuls are measured faster (benchmarks/roofline.py):
+    - with gradients: the fused kernel's backward is about 5x slower (a bf16 training step
+      of the default transformer, 285 ms fused against 150 ms explicit on a 2-core AMX
+      Xeon); the softmax is taken in fp32 there;
+    - without gradients, for sequences up to ``EXPLICIT_INFERENCE_MAX_LEN`` keys: the fused
+      kernel's blocking does not pay on short sequences (sampling the default transformer,
+      2.7x faster attention); the softmax reads and writes the reduced dtype (computed in
+      fp32 inside the kernel).
+    All compute softmax(q k^T / sqrt(d) + mask) v.
     """
-    explicit = (q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled()
-                and (q.requires_grad or k.requires_grad or v.requires_grad))
-    if not explicit:
+    reduced_cpu = q.device.type == "cpu" and q.dtype != torch.float32
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not reduced_cpu or (not training and k.shape[-2] > EXPLICIT_INFERENCE_MAX_LEN):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if is_causal:
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
+    if not training:
+        probs = scores.softmax(-1)
+        return (F.dropout(probs, dropout_p) if dropout_p > 0 else probs) @ v
     probs = F.dropout(scores.float().softmax(-1), dropout_p).to(v.dtype)
     return probs @ v
 

@@ -33,7 +33,7 @@ from maskgit_lab.cli import add_device_argument
 from maskgit_lab.config import ExperimentConfig, load_config, to_dict
 from maskgit_lab.data import class_names
 from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
-from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval import metrics as M
 from maskgit_lab.eval.evaluation import Evaluation, held_out_codes
@@ -61,7 +61,7 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_k
 
     ``grid_keys`` (settings under ``sweep``) only choose which cells run, not what a cell
     measures: they are left out, so a sweep grown by more seeds or steps keeps its id and
-    its finished cells."""
+    its finished cells. The sampler's ``NUMERICS_REVISION`` is part of the key."""
     d = to_dict(cfg)
     for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
         d.pop(k)
@@ -69,7 +69,8 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_k
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
     d["sweep"] = {k: v for k, v in d["sweep"].items()
                   if all(not k.startswith(p) or kind == o for p, o in owner.items()) and k not in grid_keys}
-    return f"{cfg.name}.{kind}.{content_key([kind, d, extra or {}], 10)}"
+    # samples depend on the sampler's numerics too: cells of an older revision are not reused
+    return f"{cfg.name}.{kind}.{content_key([kind, d, extra or {}, {'numerics': NUMERICS_REVISION}], 10)}"
 
 
 def grid_study_name(sid: str, space: dict[str, list]) -> str:
