@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from maskgit_lab.decoding.sampler import DecodeConfig, _categorical, decode, reveal_increments, takes_positions
+from maskgit_lab.decoding.sampler import (
+    DecodeConfig,
+    _categorical,
+    decode,
+    reveal_increments,
+    takes_positions,
+)
 from maskgit_lab.decoding.schedules import gamma
 from maskgit_lab.errors import ConfigError
 
