@@ -37,3 +37,35 @@ def test_the_default_config_asks_for_auto_and_rejects_unknown_precisions():
         load_config("experiments/fmnist.yaml", ["precision=bf17"])
     with pytest.raises(ConfigError, match="inference_precision"):
         load_config("experiments/fmnist.yaml", ["inference_precision=half"])
+
+
+def test_large_tensors_reuse_freed_memory_in_a_subprocess():
+    """With the package imported, a second large buffer reuses the first one's pages (no page
+    faults); with the setting off, every large buffer faults its pages in again."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator setting is for glibc Linux")
+    probe = (
+        "import resource, torch, maskgit_lab\n"
+        "def faults():\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "def step(i):\n"  # a sampling step's pattern: large buffers of varying sizes, freed
+        "    x = torch.empty(16_000_000).fill_(1); y = x.exp(); z = torch.empty(8_000_000 + 1000 * i).fill_(2)\n"
+        "for i in range(10): step(i)\n"
+        "before = faults()\n"
+        "for i in range(10, 20): step(i)\n"
+        "print(maskgit_lab.KEPT_FREED_MEMORY, faults() - before)\n"
+    )
+    out = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, "MASKGIT_KEEP_FREED_MEMORY": setting}
+        res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        kept, faults = res.stdout.split()
+        out[setting] = (kept, int(faults))
+    assert out["1"][0] == "True" and out["0"][0] == "False"
+    pages = 10 * 160_000_000 // 4096  # 10 steps of 160 MB
+    assert out["1"][1] < pages // 100 < pages // 2 < out["0"][1]

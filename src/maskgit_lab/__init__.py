@@ -7,3 +7,8 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Large tensors reuse the process's freed memory instead of fresh, zeroed pages (allocator.py).
+from maskgit_lab.allocator import keep_freed_memory  # noqa: E402
+
+KEPT_FREED_MEMORY = keep_freed_memory()
