@@ -27,7 +27,7 @@ import torch
 from maskgit_lab.checkpoints import load_checkpoint, load_model, run_paths
 from maskgit_lab.decoding.ar_sampler import ARDecodeConfig, ar_decode, ar_nll
 from maskgit_lab.decoding.generate import for_sampling, generate_codes, iter_decoded
-from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig
 from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.decoding.speed import ar_seconds, maskgit_seconds
 from maskgit_lab.errors import ConfigError
@@ -144,7 +144,7 @@ class Comparison(Sweep):
         m, sw = self.model(), self.cfg.sweep
         key = content_key([self.ar_sha, self.n, list(sw.ar_temperature_scan), sw.ar_top_k, sw.ar_top_p,
                            SELECTION_SEED, self.evaluation.ext.identity, self.evaluation.reference_name,
-                           str(self.ar_sampler_dtype)])
+                           str(self.ar_sampler_dtype), NUMERICS_REVISION])
         cache = run_paths(self.cfg).ar_dir / f"temperature-scan-{key}.json"
         try:  # a finished scan is reused; an unreadable one is measured again
             self.ar_scan = {str(k): float(v) for k, v in json.loads(cache.read_text()).items()}
