@@ -317,7 +317,10 @@ def write_ablation(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
                f"95% t-interval half-width over {len(seeds)} seeds (independent sample sets {seeds}), N = "
                f"{info['n']} samples per cell vs the first {info['n']} test images, extractor {info['extractor']}, "
                f"choice temperature {info.get('choice_temperature', '?')}. * = lowest mean FID at that T; ≈ = not "
-               f"significantly worse than it ({TEST_NOTE}); unmarked = significantly worse. Other columns at "
+               f"significantly worse than it ({TEST_NOTE}); unmarked = significantly worse. "
+               + ("The intervals and tests cover sampling only: each schedule's model is trained once, and "
+                  "the variation between trainings of one config is not in them. " if info["mode"] == "train" else "")
+               + f"Other columns at "
                f"T = {report}. NLL: held-out test tokens under the schedule's training masking (nats per masked "
                f"token). Reference rows: {REFERENCES['real']} and {REFERENCES['reconstruction']}, N per seed, "
                f"same reference. {TIMING_NOTE.replace('s/img', 'ms/img')}, at T = {report}. Columns 'paper …' "
