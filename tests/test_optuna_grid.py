@@ -105,3 +105,33 @@ def test_partial_params_have_no_cell_key():
     assert S.cell_key({"schedule": "cosine", "T": 4, "seed": 0}, list(SPACE)) == "schedule=cosine,T=4,seed=0"
     assert S.full_cell({"schedule": "cosine"}, list(SPACE)) is None
     assert S.full_cell({"schedule": "cosine", "T": 4, "seed": 0, "x": 1}, list(SPACE)) == "schedule=cosine,T=4,seed=0"
+
+
+def test_a_worker_killed_inside_ask_leaves_no_running_trial(tmp_path, monkeypatch):
+    """A trial created by ``ask()`` whose worker died before claiming it (no mark, no heartbeat,
+    no parameters) is kept while it is young, as a live worker's would be, and failed once it is
+    older than ``UNCLAIMED_S``: the grid completes and nothing is left RUNNING."""
+    study = study_at(tmp_path)
+    orphan = study.ask().number
+    assert S.reap_dead_trials(study) == []
+    assert study.get_trials()[orphan].state == TrialState.RUNNING
+
+    monkeypatch.setattr(S, "UNCLAIMED_S", 0.2)
+    S.run_grid(study, SPACE, lambda trial, params: 0.0, poll_s=0.05, log=lambda _: None)
+    counts = completed_cells(study)
+    assert len(counts) == 8 and set(counts.values()) == {1}
+    assert study.get_trials()[orphan].state == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+
+
+def test_a_finished_grid_waits_for_an_unclaimed_trial_to_expire(tmp_path, monkeypatch):
+    study = study_at(tmp_path)
+    run_all(study)
+    orphan = study.ask().number  # every cell is done; a worker dies as it creates one more trial
+    monkeypatch.setattr(S, "UNCLAIMED_S", 0.3)
+    said = []
+    S.run_grid(study, SPACE, lambda trial, params: pytest.fail("no cell is left to run"), poll_s=0.05,
+               log=said.append)
+    assert study.get_trials()[orphan].state == TrialState.FAIL
+    assert len(said) == 1 and "1 unclaimed trial(s)" in said[0]
+    assert len(completed_cells(study)) == 8

@@ -5,7 +5,11 @@ with ``--storage`` so workers on several machines share one study. Heartbeats ar
 a trial whose worker died (SIGKILL, lost machine) is noticed: on the same machine at once
 (its process is gone), elsewhere when its heartbeat is older than the grace period. Such a
 trial is marked FAIL and re-queued exactly once (only the worker whose FAIL transition
-succeeds re-queues it).
+succeeds re-queues it). A worker killed inside ``study.ask()``, after the trial row exists
+but before its objective marks it or its first heartbeat, leaves a trial no heartbeat or pid
+can expire: such an unclaimed trial is failed once it is ``UNCLAIMED_S`` old (it holds no
+parameters, so nothing is re-queued). Its age is read against this machine's clock, so the
+workers' clocks must agree to well within that.
 
 Grid sweeps (``run_grid``): every cell of the grid ends COMPLETE exactly once. Fresh cells
 come from Optuna's GridSampler; a trial that lands on a cell already complete or being run
@@ -23,6 +27,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeps print their o
 
 HEARTBEAT_S = 20
 GRACE_S = 90
+UNCLAIMED_S = GRACE_S  # a live worker claims its trial within milliseconds of creating it
 WORKER_HOST, WORKER_PID = "worker_host", "worker_pid"
 CELL = "cell"  # set once a trial has suggested every parameter of its cell
 
@@ -85,12 +91,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unclaimed(t: FrozenTrial) -> bool:
+    """RUNNING with no worker mark: its worker is inside ``ask()`` or died there."""
+    return t.state == TrialState.RUNNING and WORKER_HOST not in t.user_attrs
+
+
 def reap_dead_trials(study: optuna.Study) -> list[int]:
     """FAIL (and re-queue once) RUNNING trials whose worker is gone; returns their numbers."""
     storage = study._storage
-    host, reaped = socket.gethostname(), []
+    host, reaped, now = socket.gethostname(), [], datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(WORKER_HOST) != host or _alive(int(t.user_attrs.get(WORKER_PID, -1))):
+        if _unclaimed(t):
+            started = t.datetime_start or now
+            if (now - started).total_seconds() <= UNCLAIMED_S:
+                continue
+        elif t.user_attrs.get(WORKER_HOST) != host or _alive(int(t.user_attrs.get(WORKER_PID, -1))):
             continue
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
@@ -161,7 +176,7 @@ def run_grid(
                     raise optuna.TrialPruned(f"{key} is already done or running (trial {t.number})")
         return run_cell(trial, params)
 
-    waited = False
+    waited = told_unclaimed = False
     while True:
         reap_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -174,7 +189,15 @@ def run_grid(
         todo = set(cells) - done - busy
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if done >= set(cells):
-            return
+            unclaimed = sum(map(_unclaimed, trials))
+            if not unclaimed:
+                return
+            if not told_unclaimed:  # a worker died inside ask(): fail its trial, do not leave it RUNNING
+                log(f"every cell is done; waiting up to {UNCLAIMED_S} s for {unclaimed} unclaimed trial(s) "
+                    "(a worker that died as it created a trial) to expire")
+                told_unclaimed = True
+            time.sleep(poll_s)
+            continue
         if waiting or (todo and not study.sampler.is_exhausted(study)):
             try:
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
