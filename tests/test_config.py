@@ -58,3 +58,17 @@ def test_overrides_and_errors(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_decode_mode_has_its_own_seeds_unless_seeds_are_given():
+    path = "experiments/fmnist.yaml"
+    train, decode = load_config(path), load_config(path, ["sweep.mode=decode"])
+    assert decode.sweep.decode_seeds is not None and decode.sweep.seeds == decode.sweep.decode_seeds
+    assert train.sweep.seeds != decode.sweep.seeds  # train mode keeps sweep.seeds
+    assert load_config(path, ["sweep.mode=decode", "sweep.seeds=[5, 6]"]).sweep.seeds == (5, 6)
+    assert load_config(path, ["sweep.mode=decode", "sweep.decode_seeds=null"]).sweep.seeds == train.sweep.seeds
+    assert load_config(path, ["sweep.mode=decode", "sweep.decode_seeds=[3]"]).sweep.seeds == (3,)
+    with pytest.raises(ConfigError, match=r"sweep.decode_seeds=\[1, 1\] must be one or more distinct"):
+        load_config(path, ["sweep.mode=decode", "sweep.decode_seeds=[1, 1]"])
+    with pytest.raises(ConfigError, match=r"sweep.decode_seeds\[0\] must be an integer"):
+        load_config(path, ["sweep.decode_seeds=[x]"])

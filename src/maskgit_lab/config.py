@@ -130,6 +130,9 @@ class SweepConfig:
     # Every cell is measured on one independent sample set per seed; tables report the mean
     # and a 95% t interval over them. sweep.seed seeds the rest (NLL draws, TPE, CAS).
     seeds: tuple[int, ...] = (0, 1, 2)
+    # The seeds of the ablation's --mode decode (a cheaper, different question), where set;
+    # sweep.seeds given as an override still wins. None: sweep.seeds.
+    decode_seeds: tuple[int, ...] | None = None
     seed: int = 0
     report_steps: int = 8  # T of the ablation's IS / precision / recall columns (the nearest T of the grid)
     # train: one transformer trained per schedule (the paper's design); decode: one model,
@@ -196,7 +199,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        return value
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        return _coerce(value, options[0], where) if len(options) == 1 else value
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -290,8 +296,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
         tree = loaded
-    tree = _merge(tree, parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
+    tree = _merge(tree, given)
     cfg = _build(ExperimentConfig, tree, "")
+    sw = cfg.sweep
+    if sw.mode == "decode" and sw.decode_seeds is not None and "seeds" not in (given.get("sweep") or {}):
+        sw.seeds = sw.decode_seeds
     validate(cfg)
     return cfg
 
@@ -369,8 +379,9 @@ def validate(cfg: ExperimentConfig) -> None:
     for t in (*sw.steps, sw.tune_max_steps):
         if not 1 <= t <= tok.num_tokens:
             raise ConfigError(f"sweep steps T={t} impossible: T must lie in 1..{tok.num_tokens} (the number of tokens)")
-    if len(set(sw.seeds)) != len(sw.seeds) or not sw.seeds:
-        raise ConfigError(f"sweep.seeds={list(sw.seeds)} must be one or more distinct integers")
+    for where, seeds in (("sweep.decode_seeds", sw.decode_seeds), ("sweep.seeds", sw.seeds)):
+        if seeds is not None and (len(set(seeds)) != len(seeds) or not seeds):
+            raise ConfigError(f"{where}={list(seeds)} must be one or more distinct integers")
     if sw.n < 2 or sw.tune_n_small < 2 or sw.tune_n_small > sw.n:
         raise ConfigError(f"sweep.n={sw.n} and sweep.tune_n_small={sw.tune_n_small} must satisfy 2 <= tune_n_small <= n")
     cfg.sampling = cfg.sampling.validated(tok.num_tokens)

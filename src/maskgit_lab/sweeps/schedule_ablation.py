@@ -55,7 +55,7 @@ class ScheduleAblation(Sweep):
     kind = "schedule_ablation"
     title = "Regenerate the paper's Table 3 (mask schedule x decoding steps) on the configured dataset."
     table_file = "schedule_ablation.md"
-    grid_keys = ("schedules", "steps", "seeds", "report_steps")
+    grid_keys = ("schedules", "steps", "seeds", "decode_seeds", "report_steps")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
