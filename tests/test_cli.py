@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,11 +11,12 @@ import torch
 from smoke import SMOKE
 
 from maskgit_lab import edit, evaluate, sample, train
-from maskgit_lab.checkpoints import load_checkpoint, load_model
+from maskgit_lab.checkpoints import load_checkpoint, load_model, load_models, save_model
 from maskgit_lab.config import load_config, to_dict, with_data_sizes
 from maskgit_lab.data import build_image_datamodule, fmnist
 from maskgit_lab.decoding.generate import generate_images
 from maskgit_lab.decoding.sampler import DecodeConfig
+from maskgit_lab.errors import ConfigError
 from maskgit_lab.eval.inception import random_state_dict
 from maskgit_lab.lit import stages
 from maskgit_lab.sweeps import schedule_ablation
@@ -79,6 +81,31 @@ def test_generation_is_deterministic_and_schedule_matters(trained):
     b = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
     c = generate_images(tr, tok, labels, DecodeConfig(steps=4, schedule="logarithmic"), seed=0, batch_size=4)
     assert a.shape == (10, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_runs_used_from_another_directory_find_their_tokenizer(trained, tmp_path, monkeypatch):
+    """A transformer records its tokenizer's path as given at training (relative to that run's
+    working directory). Used from elsewhere, the tokenizer beside it in its runs/<experiment>/
+    folder is taken when its content matches; a file of other content is never taken."""
+    _, root = trained
+    tr, cfg, meta = load_model(root / "transformer-cosine" / "transformer.pt", "transformer")
+    tok, tok_cfg, tok_meta = load_model(root / "tokenizer" / "tokenizer.pt", "tokenizer")
+    moved = tmp_path / "elsewhere" / "fmnist_smoke"
+    shutil.copytree(root / "tokenizer", moved / "tokenizer")
+    ckpt = moved / "transformer-cosine" / "transformer.pt"
+    save_model(ckpt, "transformer", tr, cfg, {**meta, "tokenizer_file": "runs/fmnist_smoke/tokenizer/tokenizer.pt"})
+    monkeypatch.chdir(tmp_path)
+    _, found, _, _ = load_models(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(found.state_dict().values(), tok.state_dict().values(), strict=True))
+
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in tok.state_dict().items()}
+    tok.load_state_dict(other)
+    save_model(tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt", "tokenizer", tok, tok_cfg, tok_meta)
+    _, found, _, _ = load_models(ckpt)  # the stored path now holds another tokenizer: skipped
+    assert not torch.equal(found.state_dict()["quantize.embedding.weight"], other["quantize.embedding.weight"])
+    save_model(moved / "tokenizer" / "tokenizer.pt", "tokenizer", tok, tok_cfg, tok_meta)
+    with pytest.raises(ConfigError, match="wrong checkpoint: .* is not the tokenizer"):
+        load_models(ckpt)
 
 
 def run_cli(*args, env=None):
