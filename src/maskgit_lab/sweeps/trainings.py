@@ -1,25 +1,25 @@
-"""Two trainings of the same Table 3, side by side: how far the table moves when its models
-are trained again, and the table pooled over both with that variation in its intervals.
+"""Several trainings of the same Table 3, side by side: how far the table moves when its
+models are trained again, and the table pooled over them with that variation in its intervals.
 
     python -m maskgit_lab.sweeps.trainings A/schedule_ablation_cells.csv B/schedule_ablation_cells.csv \\
-        [--out results/fmnist/between_trainings.md]
+        [C/...] [--names A B ...] [--out results/fmnist/between_trainings.md]
 
 Each input is the per-cell file of a per-schedule (``train`` mode) schedule ablation: the
-same schedules and T, models trained twice. Table 3's own intervals cover sampling only
-(the seeds); a schedule's model is trained once. This estimates what they leave out.
+same schedules and T, the models trained k >= 2 times (another seed, machine or commit).
+Table 3's own intervals cover sampling only (the seeds); a schedule's model is trained once.
+This estimates what they leave out.
 
-Per T, with ``d_s`` the difference of schedule s's mean FID between the trainings and
-``v_s`` its sampling variance (the sum of both means' squared standard errors): a shift
-shared by every schedule (a machine, a library) changes no comparison, so the spread of
-``d_s`` around its mean over the S schedules estimates ``2 sigma_b^2 + mean(v_s)``, where
-``sigma_b`` is the standard deviation of one training's FID around the schedule's
-expectation. ``sigma_b^2 = max(0, (var(d) - mean(v)) / 2)``, with S - 1 degrees of freedom
-(a chi-square interval on var(d); it assumes every schedule varies alike).
+Per T, the S x k table of cell means is split into a schedule effect, a shift shared by
+every schedule of one training (a machine, a library: it changes no comparison) and a
+residual. The residual mean square, with (S - 1)(k - 1) degrees of freedom, estimates
+``sigma_b^2`` — the variance of one training's FID around its schedule's expectation —
+plus a cell mean's sampling variance, which is subtracted (a chi-square interval; it
+assumes every schedule varies alike).
 
-The pooled table: each schedule's FID is the mean over the two trainings, with variance
-``sigma_b^2 / 2 + (se_A^2 + se_B^2) / 4``; at each T the lowest mean is marked ``*``,
-schedules whose difference from it is not significant ``≈`` (t-test with S - 1 degrees of
-freedom on that variance), the rest unmarked.
+The pooled table: each schedule's FID is the mean over the k trainings, with variance
+``sigma_b^2 / k + sum(se_r^2) / k^2``; at each T the lowest mean is marked ``*``, schedules
+whose difference from it is not significant ``≈`` (t-test with the degrees of freedom of
+``sigma_b``), the rest unmarked.
 """
 
 from __future__ import annotations
@@ -59,38 +59,63 @@ def read_cells(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def between_trainings(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-cell comparison, per-T estimate of sigma_b) of two ``read_cells`` frames."""
-    if set(a.index) != set(b.index):
-        only = sorted(set(a.index) ^ set(b.index))[:4]
-        raise ConfigError(f"the two ablations must cover the same schedules and T; not in both: {only}")
-    cells = a.reset_index().merge(b.reset_index(), on=["schedule", "steps"], suffixes=("_a", "_b"))
-    cells["diff"] = cells["mean_b"] - cells["mean_a"]
-    cells["v"] = cells["se2_a"] + cells["se2_b"]
-    welch = (cells["diff"] / np.sqrt(cells["v"])).to_numpy()
-    dof = cells["v"] ** 2 / (cells["se2_a"] ** 2 / (cells["seeds_a"] - 1) + cells["se2_b"] ** 2 / (cells["seeds_b"] - 1))
-    cells["p"] = 2 * stats.t.sf(np.abs(welch), dof)
-    rows = []
+def welch_anova_p(means: np.ndarray, se2: np.ndarray, n: np.ndarray) -> float:
+    """Welch's heteroscedastic one-way ANOVA from group means, squared standard errors and
+    sizes (for two groups: Welch's t-test)."""
+    k, w = len(means), 1 / se2
+    mw = float((w * means).sum() / w.sum())
+    h = float((((1 - w / w.sum()) ** 2) / (n - 1)).sum())
+    f = float((w * (means - mw) ** 2).sum() / (k - 1)) / (1 + 2 * (k - 2) / (k * k - 1) * h)
+    return float(stats.f.sf(f, k - 1, (k * k - 1) / (3 * h)))
+
+
+def between_trainings(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-cell comparison, per-T estimate of sigma_b) of k >= 2 ``read_cells`` frames.
+
+    Per T, the S x k table of cell means is split as schedule + training + residual; the
+    residual mean square, with (S - 1)(k - 1) degrees of freedom, estimates sigma_b^2 plus a
+    cell mean's sampling variance (for k = 2: half the variance of the differences)."""
+    if len(frames) < 2:
+        raise ConfigError("give at least two trainings' cells files")
+    index = set(frames[0].index)
+    for f in frames[1:]:
+        if set(f.index) != index:
+            only = sorted(index ^ set(f.index))[:4]
+            raise ConfigError(f"the ablations must cover the same schedules and T; not in all: {only}")
+    keys = sorted(index)
+    mean = np.array([[f.loc[key, "mean"] for f in frames] for key in keys])
+    se2 = np.array([[f.loc[key, "se2"] for f in frames] for key in keys])
+    seeds = np.array([[f.loc[key, "seeds"] for f in frames] for key in keys])
+    cells = pd.DataFrame(keys, columns=["schedule", "steps"])
+    for r in range(len(frames)):
+        cells[f"mean_{r}"], cells[f"se2_{r}"], cells[f"seeds_{r}"] = mean[:, r], se2[:, r], seeds[:, r]
+    cells["p"] = [welch_anova_p(mean[i], se2[i], seeds[i]) for i in range(len(keys))]
+    k, rows = len(frames), []
     for steps, c in cells.groupby("steps"):
         s = len(c)
         if s < 3:
             raise ConfigError(f"T={steps}: at least 3 schedules are needed to estimate the variation between trainings")
-        var_d, v = float(c["diff"].var(ddof=1)), float(c["v"].mean())
-        lo_q, hi_q = stats.chi2.ppf([1 - (1 - LEVEL) / 2, (1 - LEVEL) / 2], s - 1)
-        bound = [np.sqrt(max(0.0, (var_d * (s - 1) / q - v) / 2)) for q in (lo_q, hi_q)]
-        rows.append({"steps": steps, "schedules": s, "shift": float(c["diff"].mean()),
-                     "sigma_b": np.sqrt(max(0.0, (var_d - v) / 2)), "sigma_b_lo": bound[0], "sigma_b_hi": bound[1],
-                     "sampling_sd": np.sqrt(v / 2), "dof": s - 1})
+        m = mean[c.index]
+        resid = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
+        dof = (s - 1) * (k - 1)
+        ms, v = float((resid ** 2).sum() / dof), float(se2[c.index].mean())
+        lo_q, hi_q = stats.chi2.ppf([1 - (1 - LEVEL) / 2, (1 - LEVEL) / 2], dof)
+        shifts = m.mean(axis=0) - m[:, 0].mean()
+        rows.append({"steps": steps, "schedules": s, "shift": ", ".join(f"{x:+.2f}" for x in shifts[1:]),
+                     "sigma_b": np.sqrt(max(0.0, ms - v)), "sigma_b_lo": np.sqrt(max(0.0, ms * dof / lo_q - v)),
+                     "sigma_b_hi": np.sqrt(max(0.0, ms * dof / hi_q - v)), "sampling_sd": np.sqrt(v), "dof": dof})
     return cells, pd.DataFrame(rows).set_index("steps")
 
 
 def pooled_table(cells: pd.DataFrame, sigma: pd.DataFrame) -> pd.DataFrame:
-    """Per schedule and T: the mean over both trainings, its half-width including the
+    """Per schedule and T: the mean over the trainings, its half-width including the
     variation between trainings, and the mark against the best at that T."""
+    k = sum(c.startswith("mean_") for c in cells.columns)
+    means = cells[[f"mean_{r}" for r in range(k)]].to_numpy()
+    se2 = cells[[f"se2_{r}" for r in range(k)]].to_numpy()
     out = cells[["schedule", "steps"]].copy()
-    out["mean"] = (cells["mean_a"] + cells["mean_b"]) / 2
-    sb2 = cells["steps"].map(sigma["sigma_b"]) ** 2
-    out["var"] = sb2 / 2 + cells["v"] / 4
+    out["mean"] = means.mean(axis=1)
+    out["var"] = cells["steps"].map(sigma["sigma_b"]) ** 2 / k + se2.sum(axis=1) / k ** 2
     out["dof"] = cells["steps"].map(sigma["dof"])
     out["half"] = stats.t.ppf(0.5 + LEVEL / 2, out["dof"]) * np.sqrt(out["var"])
     marks = []
@@ -119,34 +144,40 @@ def worst_test(pooled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("steps")
 
 
-def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names: tuple[str, str]) -> str:
-    a, b = names
-    lines = [f"# Table 3 trained twice: {a} (A) and {b} (B)", "",
+def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names: list[str]) -> str:
+    k = len(names)
+    tags = [chr(ord("A") + r) for r in range(k)]
+    others = ", ".join(f"{t} - A" for t in tags[1:])
+    lines = [f"# Table 3 trained {k} times: " + ", ".join(f"{n} ({t})" for n, t in zip(names, tags, strict=True)), "",
              "## Between-training variation, per T", "",
-             f"sigma_b: the standard deviation of one training's FID around its schedule's expectation, from the "
-             f"spread of the differences B - A across schedules around their mean (a shift shared by every "
-             f"schedule changes no comparison), less their sampling variance; {LEVEL:.0%} chi-square interval. "
-             f"A difference between two schedules trained once each carries sqrt(2) sigma_b of training variation; "
-             f"the last column is the {LEVEL:.0%} margin that training alone can produce.", "",
-             "| T | schedules | shared shift B - A | sigma_b | 95 % interval | sampling sd of a cell | margin for one training each |",
-             "|---|---|---|---|---|---|---|"]
+             "sigma_b: the standard deviation of one training's FID around its schedule's expectation. The table of "
+             "cell means (schedules x trainings) at each T is split into a schedule effect, a shift shared by every "
+             "schedule of a training (it changes no comparison) and a residual; the residual mean square, less a cell "
+             f"mean's sampling variance, estimates sigma_b^2 ({LEVEL:.0%} chi-square interval, (S - 1)(k - 1) degrees "
+             "of freedom). A difference between two schedules trained once each carries sqrt(2) sigma_b of training "
+             f"variation; the last column is the {LEVEL:.0%} margin that training alone can produce.", "",
+             f"| T | schedules | df | shared shift {others} | sigma_b | 95 % interval | sampling sd of a cell mean "
+             "| margin for one training each |", "|---|---|---|---|---|---|---|---|"]
     for steps, r in sigma.iterrows():
         margin = stats.t.ppf(0.5 + LEVEL / 2, r["dof"]) * np.sqrt(2) * r["sigma_b"]
-        lines.append(f"| {steps} | {int(r['schedules'])} | {r['shift']:+.2f} | {r['sigma_b']:.2f} | "
+        lines.append(f"| {steps} | {int(r['schedules'])} | {int(r['dof'])} | {r['shift']} | {r['sigma_b']:.2f} | "
                      f"{r['sigma_b_lo']:.2f}–{r['sigma_b_hi']:.2f} | {r['sampling_sd']:.2f} | ± {margin:.1f} |")
-    lines += ["", "## Per cell", "", "FID mean ± 95 % t half-width over seeds in each training; Welch's p of the difference.",
-              "", "| schedule | T | A | B | B - A | p |", "|---|---|---|---|---|---|"]
-    t_a = stats.t.ppf(0.5 + LEVEL / 2, cells["seeds_a"] - 1) * np.sqrt(cells["se2_a"])
-    t_b = stats.t.ppf(0.5 + LEVEL / 2, cells["seeds_b"] - 1) * np.sqrt(cells["se2_b"])
-    for i, r in cells.iterrows():
-        lines.append(f"| {r['schedule']} | {r['steps']} | {r['mean_a']:.2f} ± {t_a[i]:.2f} | {r['mean_b']:.2f} ± "
-                     f"{t_b[i]:.2f} | {r['diff']:+.2f} | {fmt(r['p'], 4)} |")
+    spread = "B - A" if k == 2 else "max - min"
+    lines += ["", "## Per cell", "", "FID mean ± 95 % t half-width over seeds in each training; p: Welch's "
+              "heteroscedastic ANOVA of the trainings (for two: Welch's t-test).", "",
+              f"| schedule | T | {' | '.join(tags)} | {spread} | p |", "|---|---|" + "---|" * (k + 2)]
+    for _, r in cells.iterrows():
+        m = [r[f"mean_{i}"] for i in range(k)]
+        half = [stats.t.ppf(0.5 + LEVEL / 2, r[f"seeds_{i}"] - 1) * np.sqrt(r[f"se2_{i}"]) for i in range(k)]
+        d = f"{m[1] - m[0]:+.2f}" if k == 2 else f"{max(m) - min(m):.2f}"
+        lines.append(f"| {r['schedule']} | {r['steps']} | " + " | ".join(f"{a:.2f} ± {h:.2f}" for a, h in zip(m, half, strict=True))
+                     + f" | {d} | {fmt(r['p'], 4)} |")
     steps = sorted(pooled["steps"].unique())
-    lines += ["", "## Table 3 pooled over both trainings", "",
-              "FID: the mean over the two trainings ± 95 % half-width that includes the variation between trainings "
-              "(sigma_b of that T; t with S - 1 degrees of freedom). * = lowest mean at that T; ≈ = not significantly "
-              "worse than it (two-sided t-test on the same variance, p >= 0.05); unmarked = significantly worse. "
-              "It assumes every schedule's training varies alike.", "",
+    lines += ["", f"## Table 3 pooled over the {k} trainings", "",
+              f"FID: the mean over the {k} trainings ± 95 % half-width that includes the variation between trainings "
+              "(sigma_b of that T; t with (S - 1)(k - 1) degrees of freedom). * = lowest mean at that T; ≈ = not "
+              "significantly worse than it (two-sided t-test on the same variance, p >= 0.05); unmarked = "
+              "significantly worse. It assumes every schedule's training varies alike.", "",
               "| schedule | " + " | ".join(f"FID T={t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
     for schedule in dict.fromkeys(pooled["schedule"]):
         row = pooled[pooled["schedule"] == schedule].set_index("steps")
@@ -163,13 +194,16 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m maskgit_lab.sweeps.trainings", description=__doc__.splitlines()[0])
-    parser.add_argument("a", help="the first training's schedule_ablation_cells.csv")
-    parser.add_argument("b", help="the second training's schedule_ablation_cells.csv")
-    parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels of the two trainings (default: the paths)")
+    parser.add_argument("cells", nargs="+", help="each training's schedule_ablation_cells.csv (two or more)")
+    parser.add_argument("--names", nargs="+", help="labels of the trainings, one per file (default: the paths)")
     parser.add_argument("--out", help="write the report here too (markdown, atomically)")
     args = parser.parse_args(argv)
-    cells, sigma = between_trainings(read_cells(args.a), read_cells(args.b))
-    text = report(cells, sigma, pooled_table(cells, sigma), tuple(args.names or (args.a, args.b)))
+    if len(args.cells) < 2:
+        raise ConfigError(f"give at least two trainings' cells files, got {len(args.cells)}")
+    if args.names and len(args.names) != len(args.cells):
+        raise ConfigError(f"--names gives {len(args.names)} labels for {len(args.cells)} files")
+    cells, sigma = between_trainings([read_cells(c) for c in args.cells])
+    text = report(cells, sigma, pooled_table(cells, sigma), list(args.names or args.cells))
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
