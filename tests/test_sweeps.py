@@ -50,7 +50,8 @@ def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys)
     assert set(summary["schedules"]) == {"cosine", "linear", "exponential"} and summary["mode"] == "train"
     md = (out / "schedule_ablation.md").read_text()
     assert "per-schedule training" in md and "paper FID" in md and "paired t-test" in md
-    assert "cover sampling only" in md, "the caption says training variation is not in the intervals"
+    assert "cover sampling only" in md and "maskgit_lab.sweeps.trainings" in md, \
+        "the caption says training variation is not in the intervals, and what measures it"
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "γ" not in line]
     assert rows == ["Exponential", "Cosine", "Linear", "real validation images (floor)",
                     "tokenizer reconstructions (ceiling)"], "Table 3's row order, then the reference rows"

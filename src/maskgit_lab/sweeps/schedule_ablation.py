@@ -319,7 +319,9 @@ def write_ablation(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
                f"choice temperature {info.get('choice_temperature', '?')}. * = lowest mean FID at that T; ≈ = not "
                f"significantly worse than it ({TEST_NOTE}); unmarked = significantly worse. "
                + ("The intervals and tests cover sampling only: each schedule's model is trained once, and "
-                  "the variation between trainings of one config is not in them. " if info["mode"] == "train" else "")
+                  "the variation between trainings of one config is not in them (python -m "
+                  "maskgit_lab.sweeps.trainings estimates it from two or more trainings). "
+                  if info["mode"] == "train" else "")
                + f"Other columns at "
                f"T = {report}. NLL: held-out test tokens under the schedule's training masking (nats per masked "
                f"token). Reference rows: {REFERENCES['real']} and {REFERENCES['reconstruction']}, N per seed, "
