@@ -190,8 +190,8 @@ def test_unopenable_storage_is_one_line(trained, tmp_path, url):
     assert not (tmp_path / "results").exists()
 
 
-def test_tune_sampler_runs_resumes_and_records(trained, tmp_path):
-    from maskgit_lab.sweeps import tune_sampler
+def test_tune_sampler_runs_resumes_and_records(trained, tmp_path, monkeypatch):
+    from maskgit_lab.sweeps import optuna_study, tune_sampler
 
     args = sweep_args(trained, tmp_path, "sweep.tune_trials=3")
     assert tune_sampler.main(args) == 0
@@ -208,6 +208,13 @@ def test_tune_sampler_runs_resumes_and_records(trained, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
     assert len(runs) == 4 and runs["params.decode.steps"].notna().all()
+
+    orphan = study.ask().number  # a worker killed inside ask(): a trial nobody claimed
+    monkeypatch.setattr(optuna_study, "UNCLAIMED_S", 1.0)
+    assert tune_sampler.main([*args, "--trials", "5"]) == 0
+    assert study.get_trials()[orphan].state == optuna.trial.TrialState.FAIL
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) == 5, \
+        "the dead worker's place in the budget is taken by a new trial"
 
 
 def test_cells_of_older_sampler_numerics_are_not_reused(monkeypatch):

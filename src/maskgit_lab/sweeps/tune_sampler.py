@@ -144,16 +144,18 @@ class TuneSampler(Sweep):
             S.reap_dead_trials(st)
             done = len(st.get_trials(deepcopy=False, states=counted))
             running = len(st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if done + running >= self.trials:
+            if done >= self.trials and not running:
                 break
+            if done + running >= self.trials:
+                # other workers are finishing the last trials; one that dies is failed by the
+                # reaping above, and its place is taken here
+                time.sleep(5)
+                continue
             try:
                 st.optimize(self.objective, n_trials=1, catch=(), gc_after_trial=False)
             except KeyboardInterrupt:
                 S.fail_own_running(st)
                 raise
-        while st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            time.sleep(5)  # other workers still finishing their trials
-            S.reap_dead_trials(st)
 
     def headline(self) -> tuple[dict[str, float], dict[str, str]]:
         if self.multi:
