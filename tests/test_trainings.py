@@ -137,3 +137,21 @@ def test_welch_anova_of_two_groups_is_welchs_t_test():
     se2 = np.array([x.var(ddof=1) / 8, y.var(ddof=1) / 6])
     p = TR.welch_anova_p(means, se2, np.array([8, 6]))
     assert p == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-9)
+
+
+def test_steps_contrasts_cancel_each_trainings_own_effect(tmp_path):
+    """A large training effect (sd 10), shared by a model's T, drops out of the change from one
+    T to the next; the change built into one schedule is found, the others' is ~0."""
+    rng = np.random.default_rng(6)
+    truth = {"a": 50.0, "b": 50.0, "c": 60.0}
+    frames = []
+    for r in range(3):
+        df = cells(rng, truth, sigma_b=10.0)
+        df.loc[(df["schedule"] == "a") & (df["steps"] == 8), "fid"] -= 5.0
+        frames.append(TR.read_cells(write(tmp_path, f"{r}.csv", df)))
+    per_cell, sigma = TR.between_trainings(frames)
+    contrasts = TR.steps_contrasts(per_cell).set_index("schedule")
+    assert contrasts.loc["a", "mean"] == pytest.approx(-5.0, abs=0.8) and contrasts.loc["a", "p"] < 0.05
+    assert abs(contrasts.loc["b", "mean"]) < 0.8 and abs(contrasts.loc["c", "mean"]) < 0.8
+    assert (contrasts["from"] == 4).all() and (contrasts["to"] == 8).all()
+    assert "## FID from one T to the next" in TR.report(per_cell, sigma, TR.pooled_table(per_cell, sigma), ["x", "y", "z"])

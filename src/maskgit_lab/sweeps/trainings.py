@@ -144,6 +144,25 @@ def worst_test(pooled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("steps")
 
 
+def steps_contrasts(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per schedule, between consecutive T: the change of FID within each training's model
+    (where that training's own effect largely cancels), its mean over the k trainings with a
+    95 % t interval (k - 1 degrees of freedom) and the one-sample t-test's p."""
+    k = sum(c.startswith("mean_") for c in cells.columns)
+    rows = []
+    for schedule, c in cells.groupby("schedule", sort=False):
+        c = c.sort_values("steps")
+        m = c[[f"mean_{r}" for r in range(k)]].to_numpy()
+        for i in range(len(c) - 1):
+            d = m[i + 1] - m[i]
+            sd = float(d.std(ddof=1))
+            rows.append({"schedule": schedule, "from": int(c["steps"].iloc[i]), "to": int(c["steps"].iloc[i + 1]),
+                         "per_training": d, "mean": float(d.mean()),
+                         "half": float(stats.t.ppf(0.5 + LEVEL / 2, k - 1) * sd / np.sqrt(k)),
+                         "p": float(stats.ttest_1samp(d, 0).pvalue) if sd > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names: list[str]) -> str:
     k = len(names)
     tags = [chr(ord("A") + r) for r in range(k)]
@@ -188,6 +207,15 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
         verdict = "significantly worse" if r["p"] < 1 - LEVEL else "not significantly worse"
         lines.append(f"- T = {steps}: {r['worst']} {r['diff']:+.2f} FID against {r['runner_up']}, p = {r['p']:.3f} "
                      f"({verdict})")
+    if k >= 3:
+        lines += ["", "## FID from one T to the next, within each training's model", "",
+                  f"Per training, the change of the schedule's FID (the same model at both T); mean ± 95 % t half-width "
+                  f"over the {k} trainings ({k - 1} degrees of freedom) and the one-sample t-test's p.", "",
+                  "| schedule | T | per training | mean ± 95 % | p |", "|---|---|---|---|---|"]
+        for _, r in steps_contrasts(cells).iterrows():
+            each = ", ".join(f"{x:+.1f}" for x in r["per_training"])
+            lines.append(f"| {r['schedule']} | {r['from']} → {r['to']} | {each} | {r['mean']:+.2f} ± {r['half']:.2f} | "
+                         f"{fmt(r['p'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
