@@ -102,20 +102,21 @@ def load_model(path: str | Path, kind: str):
 def load_models(checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"):
     """-> (transformer, tokenizer, config, transformer meta), checking they belong together."""
     transformer, cfg, meta = load_model(checkpoint, "transformer")
-    if tokenizer is not None:
-        tok_path = Path(tokenizer)
-    else:  # the path recorded at training (relative to that run's working directory), else the
-        # tokenizer beside the checkpoint in its runs/<experiment>/ layout: runs used from elsewhere
-        stored, beside = Path(meta["tokenizer_file"]), Path(checkpoint).parent.parent / "tokenizer" / "tokenizer.pt"
-        found = [p for p in dict.fromkeys((stored, beside)) if p.is_file()]
-        tok_path = next((p for p in found if tokenizer_identity(p) == meta["tokenizer_sha"]), found[0] if found else stored)
-    if not tok_path.is_file():
-        raise ConfigError(f"tokenizer {str(tok_path)!r} of {checkpoint} not found; pass --tokenizer PATH")
-    if tokenizer_identity(tok_path) != meta["tokenizer_sha"]:
+    # without --tokenizer: the path recorded at training (relative to that run's working
+    # directory), else the tokenizer beside the checkpoint in its runs/<experiment>/ layout
+    candidates = [Path(tokenizer)] if tokenizer is not None else list(dict.fromkeys(
+        (Path(meta["tokenizer_file"]), Path(checkpoint).parent.parent / "tokenizer" / "tokenizer.pt")))
+    found = {p: tokenizer_identity(p) for p in candidates if p.is_file()}
+    if not found:
+        raise ConfigError(f"tokenizer {str(candidates[0])!r} of {checkpoint} not found; pass --tokenizer PATH")
+    matching = [p for p, sha in found.items() if sha == meta["tokenizer_sha"]]
+    if not matching:
+        tok_path, sha = next(iter(found.items()))
         raise ConfigError(
             f"wrong checkpoint: {tok_path} is not the tokenizer {checkpoint} was trained on "
-            f"(content hash {tokenizer_identity(tok_path)} != {meta['tokenizer_sha']})"
+            f"(content hash {sha} != {meta['tokenizer_sha']})"
         )
+    tok_path = matching[0]
     tok, _, _ = load_model(tok_path, "tokenizer")
     return transformer.to(device), tok.to(device), cfg, meta
 

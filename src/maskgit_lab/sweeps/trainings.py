@@ -59,6 +59,23 @@ def read_cells(path: str | Path) -> pd.DataFrame:
     return out
 
 
+def _quantile(dof) -> np.ndarray | float:
+    """Two-sided Student-t quantile at LEVEL."""
+    return stats.t.ppf(0.5 + LEVEL / 2, dof)
+
+
+def _per_training(cells: pd.DataFrame, what: str) -> np.ndarray:
+    """The [cells, k] matrix of one per-training column family (``mean``, ``se2``, ``seeds``)."""
+    k = sum(c.startswith("mean_") for c in cells.columns)
+    return cells[[f"{what}_{r}" for r in range(k)]].to_numpy()
+
+
+def _diff_p(a: pd.Series, b: pd.Series) -> float:
+    """Two-sided p of the difference of two pooled rows (their variances, their dof)."""
+    t = (a["mean"] - b["mean"]) / np.sqrt(a["var"] + b["var"])
+    return float(2 * stats.t.sf(abs(t), a["dof"]))
+
+
 def welch_anova_p(means: np.ndarray, se2: np.ndarray, n: np.ndarray) -> float:
     """Welch's heteroscedastic one-way ANOVA from group means, squared standard errors and
     sizes (for two groups: Welch's t-test)."""
@@ -110,23 +127,21 @@ def between_trainings(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.Data
 def pooled_table(cells: pd.DataFrame, sigma: pd.DataFrame) -> pd.DataFrame:
     """Per schedule and T: the mean over the trainings, its half-width including the
     variation between trainings, and the mark against the best at that T."""
-    k = sum(c.startswith("mean_") for c in cells.columns)
-    means = cells[[f"mean_{r}" for r in range(k)]].to_numpy()
-    se2 = cells[[f"se2_{r}" for r in range(k)]].to_numpy()
+    means, se2 = _per_training(cells, "mean"), _per_training(cells, "se2")
+    k = means.shape[1]
     out = cells[["schedule", "steps"]].copy()
     out["mean"] = means.mean(axis=1)
     out["var"] = cells["steps"].map(sigma["sigma_b"]) ** 2 / k + se2.sum(axis=1) / k ** 2
     out["dof"] = cells["steps"].map(sigma["dof"])
-    out["half"] = stats.t.ppf(0.5 + LEVEL / 2, out["dof"]) * np.sqrt(out["var"])
+    out["half"] = _quantile(out["dof"]) * np.sqrt(out["var"])
+    best = out.loc[out.groupby("steps")["mean"].idxmin()].set_index("steps")
     marks = []
     for _, r in out.iterrows():
-        same_t = out[out["steps"] == r["steps"]]
-        best = same_t.loc[same_t["mean"].idxmin()]
-        if r["schedule"] == best["schedule"]:
+        b = best.loc[r["steps"]]
+        if r["schedule"] == b["schedule"]:
             marks.append(("*", float("nan")))
             continue
-        t = (r["mean"] - best["mean"]) / np.sqrt(r["var"] + best["var"])
-        p = float(2 * stats.t.sf(abs(t), r["dof"]))
+        p = _diff_p(r, b)
         marks.append(("≈" if p >= 1 - LEVEL else "", p))
     out["mark"], out["p_vs_best"] = zip(*marks, strict=True)
     return out
@@ -138,9 +153,8 @@ def worst_test(pooled: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for steps, same_t in pooled.groupby("steps"):
         worst, second = (same_t.loc[i] for i in same_t["mean"].nlargest(2).index)
-        t = (worst["mean"] - second["mean"]) / np.sqrt(worst["var"] + second["var"])
         rows.append({"steps": steps, "worst": worst["schedule"], "runner_up": second["schedule"],
-                     "diff": worst["mean"] - second["mean"], "p": float(2 * stats.t.sf(abs(t), worst["dof"]))})
+                     "diff": worst["mean"] - second["mean"], "p": _diff_p(worst, second)})
     return pd.DataFrame(rows).set_index("steps")
 
 
@@ -148,17 +162,17 @@ def steps_contrasts(cells: pd.DataFrame) -> pd.DataFrame:
     """Per schedule, between consecutive T: the change of FID within each training's model
     (where that training's own effect largely cancels), its mean over the k trainings with a
     95 % t interval (k - 1 degrees of freedom) and the one-sample t-test's p."""
-    k = sum(c.startswith("mean_") for c in cells.columns)
     rows = []
     for schedule, c in cells.groupby("schedule", sort=False):
         c = c.sort_values("steps")
-        m = c[[f"mean_{r}" for r in range(k)]].to_numpy()
+        m = _per_training(c, "mean")
+        k = m.shape[1]
         for i in range(len(c) - 1):
             d = m[i + 1] - m[i]
             sd = float(d.std(ddof=1))
             rows.append({"schedule": schedule, "from": int(c["steps"].iloc[i]), "to": int(c["steps"].iloc[i + 1]),
                          "per_training": d, "mean": float(d.mean()),
-                         "half": float(stats.t.ppf(0.5 + LEVEL / 2, k - 1) * sd / np.sqrt(k)),
+                         "half": float(_quantile(k - 1) * sd / np.sqrt(k)),
                          "p": float(stats.ttest_1samp(d, 0).pvalue) if sd > 0 else float("nan")})
     return pd.DataFrame(rows)
 
@@ -178,7 +192,7 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
              f"| T | schedules | df | shared shift {others} | sigma_b | 95 % interval | sampling sd of a cell mean "
              "| margin for one training each |", "|---|---|---|---|---|---|---|---|"]
     for steps, r in sigma.iterrows():
-        margin = stats.t.ppf(0.5 + LEVEL / 2, r["dof"]) * np.sqrt(2) * r["sigma_b"]
+        margin = _quantile(r["dof"]) * np.sqrt(2) * r["sigma_b"]
         lines.append(f"| {steps} | {int(r['schedules'])} | {int(r['dof'])} | {r['shift']} | {r['sigma_b']:.2f} | "
                      f"{r['sigma_b_lo']:.2f}–{r['sigma_b_hi']:.2f} | {r['sampling_sd']:.2f} | ± {margin:.1f} |")
     spread = "B - A" if k == 2 else "max - min"
@@ -187,7 +201,7 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
               f"| schedule | T | {' | '.join(tags)} | {spread} | p |", "|---|---|" + "---|" * (k + 2)]
     for _, r in cells.iterrows():
         m = [r[f"mean_{i}"] for i in range(k)]
-        half = [stats.t.ppf(0.5 + LEVEL / 2, r[f"seeds_{i}"] - 1) * np.sqrt(r[f"se2_{i}"]) for i in range(k)]
+        half = [_quantile(r[f"seeds_{i}"] - 1) * np.sqrt(r[f"se2_{i}"]) for i in range(k)]
         d = f"{m[1] - m[0]:+.2f}" if k == 2 else f"{max(m) - min(m):.2f}"
         lines.append(f"| {r['schedule']} | {r['steps']} | " + " | ".join(f"{a:.2f} ± {h:.2f}" for a, h in zip(m, half, strict=True))
                      + f" | {d} | {fmt(r['p'], 4)} |")
