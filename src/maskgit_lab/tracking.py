@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from maskgit_lab.config import ExperimentConfig, to_dict
 from maskgit_lab.errors import ConfigError
@@ -112,10 +112,30 @@ def child_run(client: mlflow.MlflowClient, exp_id: str, parent_id: str, sweep_id
     return run.info.run_id
 
 
-def log_metrics(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float | None]) -> None:
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
-    client.log_batch(run_id, metrics=items)
+def _key_conflict(exc: Exception) -> bool:
+    """A unique-key violation in the tracking store (SQLite or PostgreSQL, local or behind a server)."""
+    text = str(exc).lower()
+    return any(s in text for s in ("unique constraint", "duplicate key", "uniqueviolation", "integrityerror"))
+
+
+def log_batch(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float | None] | None = None,
+                tags: dict[str, object] | None = None, attempts: int = 5) -> None:
+    """Metrics and tags of a run in one batch. A sweep's parent run is written by every worker:
+    MLflow's SQL store checks for a key, then inserts, so two workers writing the same tag or
+    latest metric at once can hit a unique-key violation; the batch (rolled back whole) is
+    then written again, and this time updates what the other worker inserted."""
+    if not any(v is not None for v in (metrics or {}).values()) and not tags:
+        return
+    for attempt in range(attempts):
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        try:
+            client.log_batch(run_id, metrics=items, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not _key_conflict(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 class SweepLog:
@@ -144,9 +164,8 @@ class SweepLog:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot use the MLflow tracking store {redact_url(cfg.tracking_uri)!r}: "
                               f"{redact_url(reason)}") from None
-        self.client.set_tag(self.parent, "sweep_info", json.dumps(info))
-        for k in sorted(mutable):
-            self.client.set_tag(self.parent, f"grid.{k}", str(text[k]))
+        log_batch(self.client, self.parent, tags={"sweep_info": json.dumps(info),
+                                                    **{f"grid.{k}": text[k] for k in sorted(mutable)}})
         self.config_text = yaml.safe_dump(logged_config(cfg), sort_keys=False)
         if not self.client.list_artifacts(self.parent):
             self.client.log_text(self.parent, self.config_text, "config.yaml")
@@ -156,7 +175,7 @@ class SweepLog:
         run_id = child_run(self.client, self.exp, self.parent, self.sid, cell, run_name, params)
         try:
             metrics = work(run_id)
-            log_metrics(self.client, run_id, metrics)
+            log_batch(self.client, run_id, metrics)
             self.client.log_text(run_id, self.config_text, "config.yaml")
         except KeyboardInterrupt:
             self.client.set_terminated(run_id, "KILLED")
@@ -182,10 +201,7 @@ class SweepLog:
     def end(self, status: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
         """Close the parent run (FINISHED, FAILED or KILLED) with the sweep's headline numbers.
         Several workers share a parent: the last to end sets it."""
-        if metrics:
-            log_metrics(self.client, self.parent, metrics)
-        for k, v in (tags or {}).items():
-            self.client.set_tag(self.parent, k, v)
+        log_batch(self.client, self.parent, metrics, tags)
         self.client.set_terminated(self.parent, status)
 
     def log_file(self, run_id: str, name: str, write: Callable[[Path], object]) -> None:
