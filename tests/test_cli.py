@@ -17,6 +17,7 @@ from maskgit_lab.data import build_image_datamodule, fmnist
 from maskgit_lab.decoding.generate import generate_images
 from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.eval.evaluator import evaluator_path, load_evaluator
 from maskgit_lab.eval.inception import random_state_dict
 from maskgit_lab.lit import stages
 from maskgit_lab.sweeps import schedule_ablation
@@ -253,7 +254,40 @@ def test_evaluate_sources(trained, tmp_path, source):
         assert 0 <= m["class_consistency"] <= 1 and result["decode"]["steps"] == 4
         # the NLL is positive and finite and covers all 120 fixture test sequences
         assert 0 < result["nll"] < 20 and result["nll_details"]["n_sequences"] == 120
+    if source == "train":  # real images: the evaluator's accuracy on them against their labels
+        cfg = load_config(SMOKE, overrides)
+        net, _, _ = load_evaluator(evaluator_path(cfg))
+        ds = build_image_datamodule(cfg.data, 60).dataset("train")
+        x, y = ds.tensors[0][:60], ds.tensors[1][:60]
+        with torch.no_grad():
+            expected = float((net(x)[1].argmax(1) == y).double().mean())
+        assert m["class_consistency"] == pytest.approx(expected, abs=1e-9)
+    else:
+        assert 0 <= m["class_consistency"] <= 1
     assert list((root / "reference").glob("reference-*.pt")), "reference features cached"
+
+
+def test_evaluate_reconstructions_needs_only_the_tokenizer(trained, tmp_path, capsys):
+    """A tokenizer is judged before any transformer exists: the experiment's tokenizer file,
+    its reconstructions scored, their class consistency the evaluator's accuracy on them."""
+
+    overrides, root = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "tokenizer", runs / root.name / "tokenizer", ignore=shutil.ignore_patterns("lightning"))
+    if (root / "evaluator").is_dir():
+        shutil.copytree(root / "evaluator", runs / root.name / "evaluator")
+    moved = [o for o in overrides if not o.startswith("runs_dir=")] + [f"runs_dir={runs}"]
+    out = tmp_path / "rec.json"
+    assert evaluate.main(["--config", SMOKE, "--source", "reconstructions", "--n", "40", "--batch-size", "20",
+                          "--out", str(out), *moved]) == 0
+    assert not list(runs.glob("*/transformer-*")), "no transformer trained or needed"
+    m = json.loads(out.read_text())["metrics"]
+    assert 0 <= m["class_consistency"] <= 1 and m["frechet_inception_distance"] >= 0
+    shutil.rmtree(runs / root.name / "tokenizer")
+    out.unlink()
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--config", SMOKE, "--source", "reconstructions", "--n", "40", "--out", str(out), *moved])
+    assert exit_.value.code == 2 and "no trained tokenizer" in capsys.readouterr().err and not out.exists()
 
 
 def test_evaluate_with_inception_offline_random_weights(trained, tmp_path):

@@ -183,6 +183,40 @@ def test_tokenizer_module_gan_step_runs():
     assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.disc.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("gan", [False, True])
+def test_tokenizer_learning_rate_warms_up_then_decays(gan):
+    """tokenizer_train.warmup_steps / min_lr_ratio: the rate of every optimizer (the
+    discriminator's too) rises linearly, then falls on a half cosine to lr * min_lr_ratio at
+    max_steps; the defaults keep it constant."""
+    extra = ["tokenizer_train.disc_weight=0.5", "tokenizer_train.disc_start=1"] if gan else []
+    cfg = load_config(SMOKE, ["tokenizer_train.max_steps=12", "tokenizer_train.lr=0.01",
+                              "tokenizer_train.warmup_steps=2", "tokenizer_train.min_lr_ratio=0.1", *extra])
+    module = TokenizerModule(cfg)
+    seen: list[list[float]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            seen.append([g["lr"] for o in trainer.optimizers for g in o.param_groups])
+
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    loader = DataLoader(TensorDataset(x.repeat(12, 1, 1, 1), torch.zeros(48, dtype=torch.long)), batch_size=4)
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
+              callbacks=[Record()]).fit(module, loader)
+    assert len(seen) == 12 and all(len(r) == (2 if gan else 1) for r in seen)
+    assert all(len(set(r)) == 1 for r in seen), "both optimizers follow the same schedule"
+    lrs = [r[0] for r in seen]
+    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)  # warm-up: (step + 1) / 2
+    # cosine from step 2 to 12: halfway (step 7) at the midpoint of 0.01 and 0.001
+    assert lrs[7] == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[2] == pytest.approx(0.01)  # the cosine starts at the full rate
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False)), "decreasing after the warm-up"
+    assert lrs[-1] == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    constant = TokenizerModule(load_config(SMOKE, ["tokenizer_train.lr=0.01"]))
+    opt = constant.configure_optimizers()
+    assert isinstance(opt, torch.optim.Optimizer), "no schedule by default: a constant rate"
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_mvtm_module_lowers_loss_on_fixed_batch(ema):
     torch.manual_seed(0)

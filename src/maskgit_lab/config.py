@@ -63,6 +63,9 @@ class TokenizerTrainConfig:
     batch_size: int = 64
     max_steps: int = 600
     lr: float = 2e-4
+    # warm-up, then a half cosine from lr to lr * min_lr_ratio at max_steps (1.0: constant)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     betas: tuple[float, float] = (0.5, 0.9)
     rec_loss: str = "l1"  # l1 | l2
     disc_weight: float = 0.0  # 0 disables the discriminator
@@ -328,7 +331,8 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{where} must be a finite number > 0, got {value}")
     for where, value in (("data.limit_train", cfg.data.limit_train), ("data.limit_val", cfg.data.limit_val),
                          ("data.limit_test", cfg.data.limit_test), ("data.num_workers", cfg.data.num_workers),
-                         ("transformer_train.warmup_steps", cfg.transformer_train.warmup_steps)):
+                         ("transformer_train.warmup_steps", cfg.transformer_train.warmup_steps),
+                         ("tokenizer_train.warmup_steps", cfg.tokenizer_train.warmup_steps)):
         if value < 0:
             raise ConfigError(f"{where} must be >= 0, got {value}")
     for where, value in (("transformer_train.weight_decay", cfg.transformer_train.weight_decay),
@@ -338,6 +342,10 @@ def validate(cfg: ExperimentConfig) -> None:
                          ("tokenizer_train.disc_weight", cfg.tokenizer_train.disc_weight)):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{where} must be a finite number >= 0, got {value}")
+    for where, value in (("tokenizer_train.min_lr_ratio", cfg.tokenizer_train.min_lr_ratio),
+                         ("transformer_train.min_lr_ratio", cfg.transformer_train.min_lr_ratio)):
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise ConfigError(f"{where} must be a number between 0 and 1, got {value}")
     tok = cfg.tokenizer
     if tok.resolution % 2 ** (len(tok.ch_mult) - 1):
         raise ConfigError(

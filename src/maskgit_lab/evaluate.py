@@ -7,7 +7,8 @@
 ``--source samples``: N class-balanced samples from the trained transformer, streamed
 batch by batch into the feature extractor. ``--source reconstructions``: the tokenizer's
 reconstructions of the test images (its ceiling). ``--source train``: N real train images
-(the data floor: the best a perfect generator could score at this N).
+(the data floor: the best a perfect generator could score at this N). Class consistency
+is the evaluator's accuracy against the requested classes (samples) or the true labels.
 The reference is the first N test images; its features are cached by content key.
 ``--cas`` adds the classification accuracy score (a classifier trained on the N images,
 tested on the real test set); ``--nll`` the masked-token NLL of the test split's tokens.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.checkpoints import load_model, load_models, run_paths
 from maskgit_lab.cli import add_decode_arguments, add_device_argument, decode_config_from_args
 from maskgit_lab.config import EXTRACTOR_NAMES, check_extractor, load_config
 from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
@@ -72,10 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cas and cfg.data.name != "fmnist":
         raise ConfigError("--cas trains the Fashion-MNIST evaluator's classifier; it needs data.name=fmnist")
     ckpt = args.checkpoint or str(run_paths(cfg).transformer_file)
-    needs_model = args.source != "train" or args.nll
+    # the experiment's own reconstructions need its tokenizer only (no transformer trained yet)
+    tokenizer_only = args.source == "reconstructions" and not args.nll and not args.checkpoint
+    needs_model = (args.source != "train" or args.nll) and not tokenizer_only
     if needs_model and not Path(ckpt).is_file():
         raise ConfigError(f"no trained transformer at {ckpt}: run `python -m maskgit_lab.train all` first")
     models = load_models(ckpt, device=args.device) if needs_model else None
+    tok = None
+    if tokenizer_only:
+        tok_file = run_paths(cfg).tokenizer_file
+        if not tok_file.is_file():
+            raise ConfigError(f"no trained tokenizer at {tok_file}: run `python -m maskgit_lab.train tokenizer` first")
+        tok = load_model(tok_file, "tokenizer")[0].to(args.device)
     dcfg = None
     if args.source == "samples":
         transformer, tok, tcfg, meta = models
@@ -93,27 +102,29 @@ def main(argv: list[str] | None = None) -> int:
         labels = ev.real_labels("train")
         generated = ev.features(ev.real_images("train"), desc="train features")
         images = torch.cat(list(ev.real_images("train"))) if args.cas else None
+    elif args.source == "reconstructions":
+        tok = tok if tok is not None else models[1]
+        labels = ev.real_labels("test")
+        with torch.inference_mode(), autocast(args.device, dtype):  # no graph kept across batches
+            recon = [tok(x.to(args.device))[0].clamp(-1, 1).float().cpu() for x in ev.real_images("test")]
+        generated = ev.features(recon, desc="reconstruction features")
+        images = torch.cat(recon)
     else:
         transformer, tok, tcfg, meta = models
-        if args.source == "reconstructions":
-            labels = ev.real_labels("test")
-            with torch.inference_mode(), autocast(args.device, dtype):  # no graph kept across batches
-                recon = [tok(x.to(args.device))[0].clamp(-1, 1).float().cpu() for x in ev.real_images("test")]
-            generated = ev.features(recon, desc="reconstruction features")
-            images = torch.cat(recon)
-        else:
-            labels = torch.arange(args.n) % transformer.cfg.num_classes
-            stream = iter_images(for_sampling(transformer, dtype), for_sampling(tok, dtype), labels, dcfg, args.seed,
-                                 args.batch_size)
-            kept: list[torch.Tensor] = []
-            if args.cas:  # keep the images for the classifier, still scoring them as they stream
-                stream = (kept.append(x) or x for x in stream)
-            generated = ev.features(stream, desc="sample features")
-            images = torch.cat(kept) if args.cas else None
-            info.update(decode=dcfg.__dict__, checkpoint=ckpt, model_git_commit=meta.get("git_commit"))
+        labels = torch.arange(args.n) % transformer.cfg.num_classes
+        stream = iter_images(for_sampling(transformer, dtype), for_sampling(tok, dtype), labels, dcfg, args.seed,
+                             args.batch_size)
+        kept: list[torch.Tensor] = []
+        if args.cas:  # keep the images for the classifier, still scoring them as they stream
+            stream = (kept.append(x) or x for x in stream)
+        generated = ev.features(stream, desc="sample features")
+        images = torch.cat(kept) if args.cas else None
+        info.update(decode=dcfg.__dict__, checkpoint=ckpt, model_git_commit=meta.get("git_commit"))
     seconds = time.time() - start
 
-    result = ev.score(generated, args.seed, labels if args.source == "samples" else None)
+    # class consistency: the requested classes of samples; for real images and reconstructions
+    # their true labels (the evaluator's accuracy on them: the ceiling of the samples' value)
+    result = ev.score(generated, args.seed, labels)
     result.update(source=args.source, seconds=round(seconds, 1), git_commit=git_commit() or "unknown", **info)
     if args.cas:
         print(f"CAS: training a classifier on the {args.n} {args.source} images for {cfg.evaluator.cas_steps} steps")

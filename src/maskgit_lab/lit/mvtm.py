@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import lightning as L
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from maskgit_lab.config import ExperimentConfig, stored_dict
 from maskgit_lab.decoding.masking import random_mask
+from maskgit_lab.lit.optim import warmup_cosine
 from maskgit_lab.models.registry import build_transformer
 from maskgit_lab.models.transformer import MaskGITTransformer
 
@@ -99,11 +99,6 @@ class MVTMModule(L.LightningModule):
             lr=t.lr, betas=t.betas,
         )
 
-        def lr_lambda(step: int) -> float:
-            if step < t.warmup_steps:
-                return (step + 1) / t.warmup_steps
-            progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
-            return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

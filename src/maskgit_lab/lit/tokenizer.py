@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from maskgit_lab.config import ExperimentConfig, stored_dict
+from maskgit_lab.lit.optim import warmup_cosine
 from maskgit_lab.models.losses import PatchDiscriminator, build_perceptual, hinge_d_loss
 from maskgit_lab.models.vqgan import VQGAN
 
@@ -84,6 +85,9 @@ class TokenizerModule(L.LightningModule):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_g.step()
+        # manual optimization: the schedules advance here, once per batch
+        for sched in self._schedulers():
+            sched.step()
 
         if gan_on:
             d_loss = hinge_d_loss(self.disc(x), self.disc(rec.detach()))
@@ -123,14 +127,21 @@ class TokenizerModule(L.LightningModule):
             prog_bar=True,
         )
 
+    def _schedulers(self) -> list:
+        s = self.lr_schedulers()
+        return [] if s is None else s if isinstance(s, list) else [s]
+
     def configure_optimizers(self):
         t = self.tcfg
         params = list(self.model.parameters())
-        opt_g = torch.optim.Adam(params, lr=t.lr, betas=t.betas, fused=True)
-        if self.disc is None:
-            return opt_g
-        opt_d = torch.optim.Adam(self.disc.parameters(), lr=t.lr, betas=t.betas, fused=True)
-        return [opt_g, opt_d]
+        opts = [torch.optim.Adam(params, lr=t.lr, betas=t.betas, fused=True)]
+        if self.disc is not None:
+            opts.append(torch.optim.Adam(self.disc.parameters(), lr=t.lr, betas=t.betas, fused=True))
+        if t.warmup_steps == 0 and t.min_lr_ratio == 1.0:  # constant rate: no scheduler
+            return opts[0] if len(opts) == 1 else opts
+        scheds = [torch.optim.lr_scheduler.LambdaLR(
+            o, lambda step: warmup_cosine(step, t.warmup_steps, t.max_steps, t.min_lr_ratio)) for o in opts]
+        return opts, scheds
 
 
 @torch.inference_mode()
