@@ -145,12 +145,13 @@ def test_random_mask_exact_counts():
     assert math.isclose(float(mask.float().mean()), float(want.float().mean()) / n_tok, rel_tol=1e-6)
 
 
-def _fit_fixed_batch(module, batch, steps):
+def _fit_fixed_batch(module, batch, steps, callbacks=()):
     loader = DataLoader(TensorDataset(*[b.repeat(steps, *[1] * (b.dim() - 1)) for b in batch]),
                         batch_size=batch[0].shape[0])
     # One epoch of ``steps`` batches: with two optimizers Lightning's max_steps counts both.
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
+                        callbacks=list(callbacks))
     trainer.fit(module, loader)
 
 
@@ -199,10 +200,7 @@ def test_tokenizer_learning_rate_warms_up_then_decays(gan):
             seen.append([g["lr"] for o in trainer.optimizers for g in o.param_groups])
 
     x = torch.rand(4, 1, 32, 32) * 2 - 1
-    loader = DataLoader(TensorDataset(x.repeat(12, 1, 1, 1), torch.zeros(48, dtype=torch.long)), batch_size=4)
-    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
-              callbacks=[Record()]).fit(module, loader)
+    _fit_fixed_batch(module, (x, torch.zeros(4, dtype=torch.long)), 12, callbacks=[Record()])
     assert len(seen) == 12 and all(len(r) == (2 if gan else 1) for r in seen)
     assert all(len(set(r)) == 1 for r in seen), "both optimizers follow the same schedule"
     lrs = [r[0] for r in seen]

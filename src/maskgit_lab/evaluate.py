@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if needs_model and not Path(ckpt).is_file():
         raise ConfigError(f"no trained transformer at {ckpt}: run `python -m maskgit_lab.train all` first")
     models = load_models(ckpt, device=args.device) if needs_model else None
-    tok = None
+    tok = models[1] if models is not None else None
     if tokenizer_only:
         tok_file = run_paths(cfg).tokenizer_file
         if not tok_file.is_file():
@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         generated = ev.features(ev.real_images("train"), desc="train features")
         images = torch.cat(list(ev.real_images("train"))) if args.cas else None
     elif args.source == "reconstructions":
-        tok = tok if tok is not None else models[1]
         labels = ev.real_labels("test")
         with torch.inference_mode(), autocast(args.device, dtype):  # no graph kept across batches
             recon = [tok(x.to(args.device))[0].clamp(-1, 1).float().cpu() for x in ev.real_images("test")]
