@@ -132,6 +132,8 @@ class RunPaths:
 
     root: Path
     schedule: str
+    # the transformer's training seed: replicates of one schedule (seed != 0) live side by side
+    seed: int = 0
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -143,7 +145,7 @@ class RunPaths:
 
     @property
     def transformer_dir(self) -> Path:
-        return self.root / f"transformer-{self.schedule}"
+        return self.root / (f"transformer-{self.schedule}" + (f"-seed{self.seed}" if self.seed else ""))
 
     @property
     def transformer_file(self) -> Path:
@@ -159,5 +161,6 @@ class RunPaths:
 
 
 def run_paths(cfg: ExperimentConfig) -> RunPaths:
-    """The files of ``cfg``'s experiment (its transformer: the one trained with its schedule)."""
-    return RunPaths(cfg.run_dir, cfg.transformer_train.schedule)
+    """The files of ``cfg``'s experiment (its transformer: the one trained with its schedule
+    and training seed)."""
+    return RunPaths(cfg.run_dir, cfg.transformer_train.schedule, cfg.transformer_train.seed)

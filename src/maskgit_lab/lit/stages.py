@@ -272,7 +272,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     paths = run_paths(cfg)
     d, file = (paths.ar_dir, paths.ar_file) if kind == "ar_transformer" else (paths.transformer_dir,
                                                                              paths.transformer_file)
-    name = "ar-transformer" if kind == "ar_transformer" else f"transformer-{cfg.transformer_train.schedule}"
+    name = d.name
     t = cfg.transformer_train
     shards = None
     if cfg.data.token_shards:  # pre-tokenized shards: no images, no token cache
