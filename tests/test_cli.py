@@ -63,24 +63,30 @@ def test_second_run_reuses_and_changed_settings_refuse(trained, capsys):
     assert "tokenizer_train.lr" in capsys.readouterr().err
 
 
-def test_training_seed_replicates_live_beside_the_first(trained, tmp_path, capsys):
+@pytest.mark.parametrize(("stage", "kind", "folder", "file"), [
+    ("transformer", "transformer", "transformer-cosine", "transformer.pt"),
+    ("ar", "ar_transformer", "ar-transformer", "ar_transformer.pt"),
+])
+def test_training_seed_replicates_live_beside_the_first(trained, tmp_path, capsys, stage, kind, folder, file):
     overrides, root = trained
     copy = tmp_path / "runs" / "fmnist_smoke"
-    for d in ("tokenizer", "tokens", "transformer-cosine"):
+    for d in ("tokenizer", "tokens"):
         shutil.copytree(root / d, copy / d)
-    first = copy / "transformer-cosine" / "transformer.pt"
+    base = [*overrides, f"runs_dir={tmp_path / 'runs'}"]
+    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *base]) == 0  # the seed-0 model
+    first = copy / folder / file
     before = first.stat().st_mtime_ns
-    mine = [*overrides, f"runs_dir={tmp_path / 'runs'}", "transformer_train.seed=1"]
-    assert train.main(["transformer", "--config", SMOKE, "--no-mlflow", *mine]) == 0
-    second = copy / "transformer-cosine-seed1" / "transformer.pt"
+    mine = [*base, "transformer_train.seed=1"]
+    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *mine]) == 0
+    second = copy / f"{folder}-seed1" / file
     assert first.stat().st_mtime_ns == before, "the seed-0 model is not retrained or overwritten"
-    a, b = load_checkpoint(first, "transformer"), load_checkpoint(second, "transformer")
+    a, b = load_checkpoint(first, kind), load_checkpoint(second, kind)
     assert (a["config"]["transformer_train"]["seed"], b["config"]["transformer_train"]["seed"]) == (0, 1)
     assert a["meta"]["tokenizer_sha"] == b["meta"]["tokenizer_sha"], "one tokenizer for both replicates"
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     capsys.readouterr()
-    assert train.main(["transformer", "--config", SMOKE, "--no-mlflow", *mine]) == 0
-    assert "transformer-cosine-seed1: reusing" in capsys.readouterr().out
+    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *mine]) == 0
+    assert f"{folder}-seed1: reusing" in capsys.readouterr().out
 
 
 def test_sample_grid_and_process(trained, tmp_path):

@@ -132,7 +132,7 @@ class RunPaths:
 
     root: Path
     schedule: str
-    # the transformer's training seed: replicates of one schedule (seed != 0) live side by side
+    # the training seed: replicates of a transformer or the AR baseline (seed != 0) live side by side
     seed: int = 0
 
     @property
@@ -144,8 +144,12 @@ class RunPaths:
         return self.tokenizer_dir / "tokenizer.pt"
 
     @property
+    def _seed_suffix(self) -> str:
+        return f"-seed{self.seed}" if self.seed else ""
+
+    @property
     def transformer_dir(self) -> Path:
-        return self.root / (f"transformer-{self.schedule}" + (f"-seed{self.seed}" if self.seed else ""))
+        return self.root / f"transformer-{self.schedule}{self._seed_suffix}"
 
     @property
     def transformer_file(self) -> Path:
@@ -153,7 +157,7 @@ class RunPaths:
 
     @property
     def ar_dir(self) -> Path:
-        return self.root / "ar-transformer"
+        return self.root / f"ar-transformer{self._seed_suffix}"
 
     @property
     def ar_file(self) -> Path:
