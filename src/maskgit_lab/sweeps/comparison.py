@@ -145,7 +145,9 @@ class Comparison(Sweep):
         key = content_key([self.ar_sha, self.n, list(sw.ar_temperature_scan), sw.ar_top_k, sw.ar_top_p,
                            SELECTION_SEED, self.evaluation.ext.identity, self.evaluation.reference_name,
                            str(self.ar_sampler_dtype), NUMERICS_REVISION])
-        cache = run_paths(self.cfg).ar_dir / f"temperature-scan-{key}.json"
+        # beside the reference features, not in the AR model's folder: that folder is the output of
+        # DVC's train_ar stage, and a file added there would make the next `dvc repro` retrain it
+        cache = self.cfg.run_dir / "selection" / f"ar-temperature-scan-{key}.json"
         try:  # a finished scan is reused; an unreadable one is measured again
             self.ar_scan = {str(k): float(v) for k, v in json.loads(cache.read_text()).items()}
         except (OSError, ValueError, AttributeError):
