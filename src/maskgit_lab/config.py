@@ -172,6 +172,11 @@ class ExperimentConfig:
     precision: str = "auto"
     # Sampling (transformer and tokenizer decoder): auto | fp32 | bf16 (auto as above).
     inference_precision: str = "auto"
+    # Transformers trained at once when several are missing (the ablation's one per schedule):
+    # auto = on a CPU, one process per core (their threads split the cores; small models train
+    # faster side by side than one at a time on every core), on a GPU one; or a number (1: one
+    # after the other). maskgit_lab.lit.pool.
+    train_workers: Any = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
@@ -361,6 +366,9 @@ def validate(cfg: ExperimentConfig) -> None:
                          ("transformer_train.precision", cfg.transformer_train.precision)):
         if value and value not in PRECISIONS:
             raise ConfigError(f"unknown {where} {value!r}; valid: {', '.join(PRECISIONS)}")
+    w = cfg.train_workers
+    if w != "auto" and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+        raise ConfigError(f"train_workers must be 'auto' or a whole number of at least 1, got {w!r}")
     if cfg.inference_precision not in INFERENCE_PRECISIONS:
         raise ConfigError(f"unknown inference_precision {cfg.inference_precision!r}; "
                           f"valid: {', '.join(INFERENCE_PRECISIONS)}")

@@ -47,15 +47,18 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
     """Lightning's MLFlowLogger on the experiment's store, with the resolved config logged."""
     Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
     try:
-        logger = MLFlowLogger(
-            experiment_name=cfg.name,
-            run_name=run_name,
-            tracking_uri=cfg.tracking_uri,
-            artifact_location=artifact_root(cfg) + f"/{cfg.name}",
-            tags=tags,
-        )
-        logger.log_hyperparams(flatten(logged_config(cfg)))
-        logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False), "config.yaml")
+        # several training processes may open a new store at once (maskgit_lab.lit.pool)
+        with sqlite_init_lock(cfg.tracking_uri):
+            logger = MLFlowLogger(
+                experiment_name=cfg.name,
+                run_name=run_name,
+                tracking_uri=cfg.tracking_uri,
+                artifact_location=artifact_root(cfg) + f"/{cfg.name}",
+                tags=tags,
+            )
+            logger.log_hyperparams(flatten(logged_config(cfg)))
+            logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False),
+                                       "config.yaml")
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
         raise _store_error(cfg.tracking_uri, exc) from None
     return logger

@@ -41,7 +41,8 @@ from maskgit_lab.eval.nll import masked_token_nll
 from maskgit_lab.figures import sample_grid_figure
 from maskgit_lab.hardware import dtype_name, inference_dtype
 from maskgit_lab.io import check_output_dir, content_key, file_sha256, git_commit, redact_url
-from maskgit_lab.lit.stages import train_tokenizer, train_transformer
+from maskgit_lab.lit.pool import plan_workers, train_in_parallel
+from maskgit_lab.lit.stages import tokenize, train_tokenizer, train_transformer
 from maskgit_lab.sweeps import optuna_study as S
 from maskgit_lab.tracking import SweepLog, sweep_runs
 
@@ -86,14 +87,20 @@ def schedule_config(cfg: ExperimentConfig, schedule: str) -> ExperimentConfig:
 
 
 def ensure_models(cfg: ExperimentConfig, schedules: Iterable[str], log: bool = True) -> dict[str, Path]:
-    """Train what is missing (tokenizer, token cache, one transformer per schedule), reuse the rest."""
+    """Train what is missing (tokenizer, token cache, one transformer per schedule), reuse the
+    rest. Several missing transformers train side by side where ``train_workers`` allows."""
     train_tokenizer(cfg, log=log)
-    out = {}
-    for s in schedules:
-        c = schedule_config(cfg, s)
+    cfgs = {s: schedule_config(cfg, s) for s in schedules}
+    missing = [s for s, c in cfgs.items() if not run_paths(c).transformer_file.is_file()]
+    workers, threads = plan_workers(cfg, len(missing))
+    if workers > 1:
+        if not cfg.data.token_shards:
+            tokenize(cfg)  # the token cache, once, before the workers read it
+        train_in_parallel([(run_paths(cfgs[s]).transformer_dir.name, cfgs[s]) for s in missing],
+                          workers, threads, log)
+    for c in cfgs.values():  # trains one at a time what is still missing; checks and reuses the rest
         train_transformer(c, log=log)
-        out[s] = run_paths(c).transformer_file
-    return out
+    return {s: run_paths(c).transformer_file for s, c in cfgs.items()}
 
 
 def decode_params(dcfg: DecodeConfig) -> dict:
