@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -59,7 +59,7 @@ class _Worker:
     name: str
     proc: subprocess.Popen
     reader: threading.Thread
-    tail: list[str] = field(default_factory=list)
+    tail: list[str]
 
 
 _print_lock = threading.Lock()
@@ -68,21 +68,20 @@ _print_lock = threading.Lock()
 def _relay(name: str, stream, tail: list[str]) -> None:
     """Print a worker's output with its name in front; keep its last lines for errors.
     Progress bars redraw with carriage returns: each redraw becomes a line."""
+
+    def emit(raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            tail[:] = [*tail[-19:], line]
+            with _print_lock:
+                print(f"[{name}] {line}", flush=True)
+
     buf = b""
     while chunk := stream.read1(4096):
-        buf += chunk
-        *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
+        *lines, buf = (buf + chunk).replace(b"\r", b"\n").split(b"\n")
         for raw in lines:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                tail[:] = [*tail[-19:], line]
-                with _print_lock:
-                    print(f"[{name}] {line}", flush=True)
-    if buf.strip():
-        line = buf.decode(errors="replace").rstrip()
-        tail[:] = [*tail[-19:], line]
-        with _print_lock:
-            print(f"[{name}] {line}", flush=True)
+            emit(raw)
+    emit(buf)
 
 
 def _die_with_parent() -> None:
