@@ -135,3 +135,20 @@ def test_a_finished_grid_waits_for_an_unclaimed_trial_to_expire(tmp_path, monkey
     assert study.get_trials()[orphan].state == TrialState.FAIL
     assert len(said) == 1 and "1 unclaimed trial(s)" in said[0]
     assert len(completed_cells(study)) == 8
+
+
+def test_settle_reaps_a_trial_left_in_a_grid_after_every_worker_had_left_it(tmp_path, monkeypatch):
+    """A worker that ran behind the others dies inside the first grid after they all moved on to
+    the second: ``settle`` (what a sweep does after its last grid) fails its trial, claimed or
+    not, without running any cell."""
+    study = study_at(tmp_path)
+    run_all(study)
+    claimed = other_worker_trial(study, n_params=0, pid=dead_pid())
+    unclaimed = study.ask().number
+    monkeypatch.setattr(S, "UNCLAIMED_S", 0.3)
+    said = []
+    S.settle([(study, SPACE)], poll_s=0.05, log=said.append)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[claimed] == states[unclaimed] == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(completed_cells(study)) == 8 and len(said) == 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import optuna
 import torch
 from optuna.trial import Trial, TrialState
 from scipy import stats
@@ -334,10 +335,12 @@ class Sweep:
 
     def search(self) -> None:
         """Run every cell of ``spaces()`` not yet complete (Optuna grids, resumable, shared)."""
+        finished = []
         for space in self.spaces():
-            self.run_space(space)
+            finished.append((self.run_space(space), space))
+        S.settle(finished[:-1])  # the earlier grids again: a worker may have died there after we left
 
-    def run_space(self, space: dict[str, list]) -> None:
+    def run_space(self, space: dict[str, list]) -> optuna.Study:
         """One resumable Optuna grid over ``space``: each cell in its own nested MLflow run.
         A cell already finished in MLflow under this sweep's id (by a smaller or an other
         grid) is taken from there, not measured again."""
@@ -371,6 +374,7 @@ class Sweep:
             return rec["fid"]
 
         S.run_grid(st, space, run_cell)
+        return st
 
     @staticmethod
     def select(df, info: dict):

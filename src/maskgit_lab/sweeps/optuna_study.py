@@ -215,6 +215,20 @@ def run_grid(
             time.sleep(poll_s)
 
 
+def settle(grids: Sequence[tuple[optuna.Study, dict[str, list]]], poll_s: float = 5.0,
+           log: Callable[[str], None] = print) -> None:
+    """Look once more at grids this worker has finished, after its later grids: a worker that
+    ran behind the others and died inside an earlier grid after they had all left it leaves a
+    trial RUNNING there that no ``run_grid`` would reap. Each grid is settled as ``run_grid``
+    settles its own end (dead workers' trials failed, an unclaimed one waited for until it
+    expires); no cell runs, since every cell of a finished grid stays COMPLETE."""
+    def finished(trial: Trial, params: dict[str, Any]) -> float:
+        raise RuntimeError(f"cell {cell_key(params, list(params))} of a finished grid was asked to run again")
+
+    for study, space in grids:
+        run_grid(study, space, finished, poll_s=poll_s, log=log)
+
+
 def fail_own_running(study: optuna.Study) -> None:
     """Mark this process's RUNNING trials FAIL (on Ctrl-C): no trial is left running with no
     worker; the next run re-queues their cells."""
