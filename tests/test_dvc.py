@@ -26,17 +26,15 @@ def _copy_repo(dst: Path) -> None:
             shutil.copy2(src, dst / f)
 
 
-def _dvc(repo: Path, *args: str, env: dict) -> str:
+def _dvc(repo: Path, *args: str, env: dict, stdout_only: bool = False) -> str:
     r = subprocess.run([str(DVC), *args], cwd=repo, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout + r.stderr
+    return r.stdout if stdout_only else r.stdout + r.stderr
 
 
 def _stale(repo: Path, env: dict) -> set[str]:
     """The stages ``dvc repro`` would run now (what ``dvc status`` reports changed)."""
-    r = subprocess.run([str(DVC), "status", "--json"], cwd=repo, capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return set(json.loads(r.stdout.strip() or "{}"))
+    return set(json.loads(_dvc(repo, "status", "--json", env=env, stdout_only=True).strip() or "{}"))
 
 
 def _ran(output: str) -> set[str]:
