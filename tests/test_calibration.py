@@ -95,7 +95,7 @@ def test_command_on_the_smoke_model_resumes_from_its_csv(trained, tmp_path, caps
     out = tmp_path / "calib.csv"
     assert C.main([str(model), "--grids", "40", "--ratios", "1,0.5", "--out", str(out)]) == 0
     rows = pd.read_csv(out)
-    assert list(rows["ratio"]) == [1.0, 0.5] and (rows["grids"] == 40).all()
+    assert list(rows["ratio"]) == [1.0, 0.5] and (rows["grids"] == 40).all() and rows["train_seed"].dtype == int
     assert (rows["ce"] > 0).all() and (rows["accuracy"].between(0, 1)).all()
     assert "Calibration" in out.with_suffix(".md").read_text()
 

@@ -133,8 +133,14 @@ def calibrate(paths: list[str], ratios: list[float], grids: int, seed: int, batc
         frames.append(pd.DataFrame([{**ident, **r} for r in model_stats(transformer, codes, labels, masks, batch)]))
         if out is not None:
             keep = done[~done["model_sha"].isin(pd.concat(frames)["model_sha"])]
-            atomic_write_text(out, pd.concat([keep, *frames]).to_csv(index=False))
-    return pd.concat(frames, ignore_index=True)
+            atomic_write_text(out, _tidy([keep, *frames]).to_csv(index=False))
+    return _tidy(frames)
+
+
+def _tidy(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The non-empty frames as one, the integer columns kept integers."""
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    return df.astype({c: int for c in ("train_seed", "grids", "mask_seed") if c in df})
 
 
 def _double_centre(table: pd.DataFrame) -> pd.DataFrame:
