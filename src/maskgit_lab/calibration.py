@@ -24,7 +24,6 @@ Pearson correlation of the two residuals is tested with (S - 1)(k - 1) - 1 degre
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,12 +111,12 @@ def calibrate(paths: list[str], ratios: list[float], grids: int, seed: int, batc
     frames = []
     for f in tqdm(files, desc="calibration", unit="model", dynamic_ncols=True):
         sha_model = file_sha256(f)
-        old = done[(done["model_sha"] == sha_model)]
-        if len(old) and {"grids", "mask_seed"} <= set(old.columns):
+        old = done[done["model_sha"] == sha_model]
+        if len(old):
             old = old[(old["grids"] == grids) & (old["mask_seed"] == seed) & old["ratio"].isin(ratios)]
-            if len(old) == len(ratios):
-                frames.append(old.assign(model=str(f.parent)))
-                continue
+        if len(old) == len(ratios):
+            frames.append(old.assign(model=str(f.parent)))
+            continue
         transformer, tok, cfg, meta = load_models(f)
         sha = meta["tokenizer_sha"]
         if sha not in data:
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(calib, rel)
     if out is not None:
         atomic_write_text(out.with_suffix(".md"), text)
-    print(text, end="", file=sys.stdout)
+    print(text, end="")
     return 0
 
 
