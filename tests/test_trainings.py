@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.sweeps import trainings as TR
@@ -17,10 +18,12 @@ from maskgit_lab.sweeps import trainings as TR
 SEEDS, STEPS = range(8), (4, 8)
 
 
-def cells(rng, truth: dict[str, float], sigma_b: float, shift: float = 0.0, noise: float = 1.0) -> pd.DataFrame:
+def cells(rng, truth: dict[str, float], sigma_b: float | dict[str, float], shift: float = 0.0,
+          noise: float = 1.0) -> pd.DataFrame:
+    """One training's cells; ``sigma_b`` the sd of the training effect, or one per schedule."""
     rows = []
     for schedule, value in truth.items():
-        effect = rng.normal(0, sigma_b)
+        effect = rng.normal(0, sigma_b[schedule] if isinstance(sigma_b, dict) else sigma_b)
         for steps in STEPS:
             for seed in SEEDS:
                 rows.append({"schedule": schedule, "steps": steps, "seed": seed, "mode": "train",
@@ -130,7 +133,6 @@ def test_three_trainings_pool_their_degrees_of_freedom(tmp_path):
 
 
 def test_welch_anova_of_two_groups_is_welchs_t_test():
-    from scipy import stats
     rng = np.random.default_rng(5)
     x, y = rng.normal(0, 1, 8), rng.normal(1, 2, 6)
     means = np.array([x.mean(), y.mean()])
@@ -155,3 +157,72 @@ def test_steps_contrasts_cancel_each_trainings_own_effect(tmp_path):
     assert abs(contrasts.loc["b", "mean"]) < 0.8 and abs(contrasts.loc["c", "mean"]) < 0.8
     assert (contrasts["from"] == 4).all() and (contrasts["to"] == 8).all()
     assert "## FID from one T to the next" in TR.report(per_cell, sigma, TR.pooled_table(per_cell, sigma), ["x", "y", "z"])
+
+
+def test_own_variation_follows_each_schedules_spread_and_pairs_out_the_shared_shift(tmp_path):
+    """One schedule's training varies 8 times as much as the others'. The own-variation table
+    gives it a wide interval and the others narrow ones, where the pooled table gives every
+    row the same; Levene's test rejects equal variation. Each training also shifts the whole
+    table by a large amount (sd 10): the paired marks cancel it, so a schedule 4 FID behind
+    the best is still significantly worse."""
+    rng = np.random.default_rng(7)
+    truth = {"best": 40.0, "next": 44.0, **{f"mid{i}": 50.0 for i in range(5)}, "wild": 60.0}
+    spread = {name: 8.0 if name == "wild" else 1.0 for name in truth}
+    frames = [TR.read_cells(write(tmp_path, f"{r}.csv", cells(rng, truth, spread, shift=rng.normal(0, 10), noise=0.5)))
+              for r in range(6)]
+    per_cell, sigma = TR.between_trainings(frames)
+    own = TR.own_variation_table(per_cell).set_index(["schedule", "steps"])
+    pooled = TR.pooled_table(per_cell, sigma).set_index(["schedule", "steps"])
+    levene = TR.equal_variation_test(per_cell)
+    assert list(levene.index) == list(STEPS) and (levene < 0.05).all()
+    for steps in STEPS:
+        tame = own.xs(steps, level="steps").drop("wild")
+        # the shared shift (sd 10) is not in a schedule's own variation
+        assert own.loc[("wild", steps), "half"] > 3 * tame["half"].max() and tame["sd"].max() < 2.5
+        assert own.loc[("best", steps), "mark"] == "*" and own.loc[("next", steps), "mark"] == ""
+        a, b = own.loc[("next", steps), "per_training"], own.loc[("best", steps), "per_training"]
+        assert own.loc[("next", steps), "p_vs_best"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+        half = stats.t.ppf(0.975, 5) * own.loc[("next", steps), "sd"] / np.sqrt(6)
+        assert own.loc[("next", steps), "half"] == pytest.approx(half, rel=1e-9)
+        assert np.ptp(pooled.xs(steps, level="steps")["half"]) < 0.1 * pooled.loc[("best", steps), "half"]
+    worst = TR.worst_test(TR.own_variation_table(per_cell), TR._paired_p)
+    assert set(worst["worst"]) == {"wild"}
+    text = TR.report(per_cell, sigma, TR.pooled_table(per_cell, sigma), [str(r) for r in range(6)])
+    assert "each schedule with its own variation" in text and "Levene" in text and "(paired test)" in text
+
+
+def test_stability_variances_are_unbiased_and_average_to_the_residual_mean_square():
+    rng = np.random.default_rng(10)
+    sd = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 4.0])
+    k, estimates = 5, []
+    for _ in range(4000):
+        m = 40 + np.arange(6)[:, None] + rng.normal(0, 5, (1, k)) + rng.normal(0, 1, (6, k)) * sd[:, None]
+        v = TR.stability_variances(m)
+        e = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
+        assert v.mean() == pytest.approx((e ** 2).sum() / (5 * (k - 1)), rel=1e-9)
+        estimates.append(v)
+    assert np.mean(estimates, axis=0) == pytest.approx(sd ** 2, rel=0.08)
+    with pytest.raises(ConfigError, match="at least 3 schedules"):
+        TR.stability_variances(np.ones((2, 4)))
+
+
+def test_levene_rejects_equal_variation_rarely_when_it_holds(tmp_path):
+    rng = np.random.default_rng(8)
+    truth = {f"s{i}": 40.0 + i for i in range(8)}
+    rejections = 0
+    for rep in range(60):
+        frames = [TR.read_cells(write(tmp_path, f"{rep}-{r}.csv", cells(rng, truth, 2.0, shift=rng.normal(0, 3))))
+                  for r in range(6)]
+        per_cell, _ = TR.between_trainings(frames)
+        rejections += int((TR.equal_variation_test(per_cell) < 0.05).sum())
+    assert rejections <= 0.1 * 60 * len(STEPS)
+
+
+def test_own_variation_needs_three_trainings(tmp_path):
+    rng = np.random.default_rng(9)
+    truth = {f"s{i}": 40.0 + i for i in range(4)}
+    frames = [TR.read_cells(write(tmp_path, f"{r}.csv", cells(rng, truth, 1.0))) for r in range(2)]
+    per_cell, sigma = TR.between_trainings(frames)
+    with pytest.raises(ConfigError, match="at least 3 trainings"):
+        TR.own_variation_table(per_cell)
+    assert "own variation" not in TR.report(per_cell, sigma, TR.pooled_table(per_cell, sigma), ["a", "b"])

@@ -20,6 +20,14 @@ The pooled table: each schedule's FID is the mean over the k trainings, with var
 ``sigma_b^2 / k + sum(se_r^2) / k^2``; at each T the lowest mean is marked ``*``, schedules
 whose difference from it is not significant ``≈`` (t-test with the degrees of freedom of
 ``sigma_b``), the rest unmarked.
+
+That table assumes every schedule's training varies alike. With three or more trainings the
+report adds a second pooled table that does not: each schedule's row is the mean over the
+trainings with a t interval (k - 1 degrees of freedom) from that schedule's own variance
+between trainings, the shared shift removed (Shukla's stability variance, whose mean over the
+schedules is sigma_b^2's residual mean square), and its mark comes from a paired t-test across
+trainings against the best. Levene's test (median-centred) says per T whether the assumption
+holds.
 """
 
 from __future__ import annotations
@@ -124,6 +132,28 @@ def between_trainings(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.Data
     return cells, pd.DataFrame(rows).set_index("steps")
 
 
+def _paired_p(a: pd.Series, b: pd.Series) -> float:
+    """Two-sided p of the paired t-test across trainings of two own-variation rows."""
+    d = np.asarray(a["per_training"]) - np.asarray(b["per_training"])
+    return float(stats.ttest_1samp(d, 0).pvalue) if d.std(ddof=1) > 0 else 0.0
+
+
+def _mark_against_best(out: pd.DataFrame, p_of) -> pd.DataFrame:
+    """Columns ``mark`` (* lowest mean at its T, ≈ not significantly worse, '' worse) and
+    ``p_vs_best``, with ``p_of(row, best_row)`` the two-sided p of their difference."""
+    best = out.loc[out.groupby("steps")["mean"].idxmin()].set_index("steps")
+    marks = []
+    for _, r in out.iterrows():
+        b = best.loc[r["steps"]]
+        if r["schedule"] == b["schedule"]:
+            marks.append(("*", float("nan")))
+            continue
+        p = p_of(r, b)
+        marks.append(("≈" if p >= 1 - LEVEL else "", p))
+    out["mark"], out["p_vs_best"] = zip(*marks, strict=True)
+    return out
+
+
 def pooled_table(cells: pd.DataFrame, sigma: pd.DataFrame) -> pd.DataFrame:
     """Per schedule and T: the mean over the trainings, its half-width including the
     variation between trainings, and the mark against the best at that T."""
@@ -134,27 +164,60 @@ def pooled_table(cells: pd.DataFrame, sigma: pd.DataFrame) -> pd.DataFrame:
     out["var"] = cells["steps"].map(sigma["sigma_b"]) ** 2 / k + se2.sum(axis=1) / k ** 2
     out["dof"] = cells["steps"].map(sigma["dof"])
     out["half"] = _quantile(out["dof"]) * np.sqrt(out["var"])
-    best = out.loc[out.groupby("steps")["mean"].idxmin()].set_index("steps")
-    marks = []
-    for _, r in out.iterrows():
-        b = best.loc[r["steps"]]
-        if r["schedule"] == b["schedule"]:
-            marks.append(("*", float("nan")))
-            continue
-        p = _diff_p(r, b)
-        marks.append(("≈" if p >= 1 - LEVEL else "", p))
-    out["mark"], out["p_vs_best"] = zip(*marks, strict=True)
-    return out
+    return _mark_against_best(out, _diff_p)
 
 
-def worst_test(pooled: pd.DataFrame) -> pd.DataFrame:
+def stability_variances(m: np.ndarray) -> np.ndarray:
+    """Per row of an S x k table (schedules x trainings) of cell means: an unbiased estimate
+    of that schedule's own variance between trainings, the training's shared shift removed
+    (Shukla's stability variance). From the double-centred residuals e:
+    q_i = sum_r e_ir^2 / (k - 1) and sigma_i^2 = S / (S - 2) * (q_i - sum(q) / (S (S - 1))).
+    Their mean is the residual mean square of ``between_trainings``; a value may fall below 0."""
+    s, k = m.shape
+    if s < 3:
+        raise ConfigError(f"at least 3 schedules are needed to split the variation by schedule, got {s}")
+    e = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
+    q = (e ** 2).sum(axis=1) / (k - 1)
+    return s / (s - 2) * (q - q.sum() / (s * (s - 1)))
+
+
+def own_variation_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per schedule and T, without assuming that schedules vary alike: the mean over the k
+    trainings ± t (k - 1 dof) * sqrt(sigma_i^2 / k), sigma_i^2 the schedule's stability
+    variance (its cell means hold the sampling noise too; it is floored at the cell means'
+    own sampling variance), and the mark against the best at that T by a paired t-test
+    across trainings (each training's shared shift cancels)."""
+    means, se2 = _per_training(cells, "mean"), _per_training(cells, "se2")
+    k = means.shape[1]
+    if k < 3:
+        raise ConfigError(f"a schedule's own variation needs at least 3 trainings, got {k}")
+    out = cells[["schedule", "steps"]].copy()
+    out["per_training"], out["mean"], out["sd"] = list(means), means.mean(axis=1), np.nan
+    for _, c in cells.groupby("steps"):
+        var = np.maximum(stability_variances(means[c.index]), se2[c.index].mean(axis=1))
+        out.loc[c.index, "sd"] = np.sqrt(var)
+    out["half"] = _quantile(k - 1) * out["sd"] / np.sqrt(k)
+    return _mark_against_best(out, _paired_p)
+
+
+def equal_variation_test(cells: pd.DataFrame) -> pd.Series:
+    """Per T: the p of Levene's test (median-centred, Brown-Forsythe) that every schedule's
+    FID varies alike between trainings, on the cell means less each training's shared shift."""
+    out = {}
+    for steps, c in cells.groupby("steps"):
+        m = _per_training(c, "mean")
+        out[steps] = float(stats.levene(*(m - m.mean(axis=0)), center="median").pvalue)
+    return pd.Series(out, name="levene_p")
+
+
+def worst_test(pooled: pd.DataFrame, p_of=_diff_p) -> pd.DataFrame:
     """Per T: the schedule with the highest pooled mean, the runner-up, and the p of their
-    difference (same variance and degrees of freedom as the marks)."""
+    difference (by default the pooled table's test; ``_paired_p`` for the own-variation table)."""
     rows = []
     for steps, same_t in pooled.groupby("steps"):
         worst, second = (same_t.loc[i] for i in same_t["mean"].nlargest(2).index)
         rows.append({"steps": steps, "worst": worst["schedule"], "runner_up": second["schedule"],
-                     "diff": worst["mean"] - second["mean"], "p": _diff_p(worst, second)})
+                     "diff": worst["mean"] - second["mean"], "p": p_of(worst, second)})
     return pd.DataFrame(rows).set_index("steps")
 
 
@@ -175,6 +238,24 @@ def steps_contrasts(cells: pd.DataFrame) -> pd.DataFrame:
                          "half": float(_quantile(k - 1) * sd / np.sqrt(k)),
                          "p": float(stats.ttest_1samp(d, 0).pvalue) if sd > 0 else float("nan")})
     return pd.DataFrame(rows)
+
+
+def _table_lines(table: pd.DataFrame, sd: bool = False) -> list[str]:
+    """Markdown rows 'mean ± half mark' per schedule and T (with the sd over trainings if asked)."""
+    steps = sorted(table["steps"].unique())
+    lines = ["| schedule | " + " | ".join(f"FID T={t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
+    for schedule in dict.fromkeys(table["schedule"]):
+        row = table[table["schedule"] == schedule].set_index("steps")
+        parts = [(f"{row.loc[t, 'mean']:.2f} ± {row.loc[t, 'half']:.2f}" + (f" (sd {row.loc[t, 'sd']:.1f})" if sd else "")
+                  + f" {row.loc[t, 'mark']}").rstrip() for t in steps]
+        lines.append(f"| {schedule} | " + " | ".join(parts) + " |")
+    return lines
+
+
+def _worst_lines(worst: pd.DataFrame) -> list[str]:
+    return [f"- T = {steps}: {r['worst']} {r['diff']:+.2f} FID against {r['runner_up']}, p = {r['p']:.3f} "
+            f"({'significantly worse' if r['p'] < 1 - LEVEL else 'not significantly worse'})"
+            for steps, r in worst.iterrows()]
 
 
 def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names: list[str]) -> str:
@@ -205,22 +286,27 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
         d = f"{m[1] - m[0]:+.2f}" if k == 2 else f"{max(m) - min(m):.2f}"
         lines.append(f"| {r['schedule']} | {r['steps']} | " + " | ".join(f"{a:.2f} ± {h:.2f}" for a, h in zip(m, half, strict=True))
                      + f" | {d} | {fmt(r['p'], 4)} |")
-    steps = sorted(pooled["steps"].unique())
     lines += ["", f"## Table 3 pooled over the {k} trainings", "",
               f"FID: the mean over the {k} trainings ± 95 % half-width that includes the variation between trainings "
               "(sigma_b of that T; t with (S - 1)(k - 1) degrees of freedom). * = lowest mean at that T; ≈ = not "
               "significantly worse than it (two-sided t-test on the same variance, p >= 0.05); unmarked = "
               "significantly worse. It assumes every schedule's training varies alike.", "",
-              "| schedule | " + " | ".join(f"FID T={t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
-    for schedule in dict.fromkeys(pooled["schedule"]):
-        row = pooled[pooled["schedule"] == schedule].set_index("steps")
-        parts = [f"{row.loc[t, 'mean']:.2f} ± {row.loc[t, 'half']:.2f} {row.loc[t, 'mark']}".rstrip() for t in steps]
-        lines.append(f"| {schedule} | " + " | ".join(parts) + " |")
-    lines += ["", "Worst schedule at each T against the runner-up (same test):", ""]
-    for steps, r in worst_test(pooled).iterrows():
-        verdict = "significantly worse" if r["p"] < 1 - LEVEL else "not significantly worse"
-        lines.append(f"- T = {steps}: {r['worst']} {r['diff']:+.2f} FID against {r['runner_up']}, p = {r['p']:.3f} "
-                     f"({verdict})")
+              *_table_lines(pooled), "", "Worst schedule at each T against the runner-up (same test):", "",
+              *_worst_lines(worst_test(pooled))]
+    if k >= 3:
+        own, levene = own_variation_table(cells), equal_variation_test(cells)
+        lines += ["", f"## Table 3 pooled over the {k} trainings, each schedule with its own variation", "",
+                  f"FID: the mean over the {k} trainings ± 95 % t half-width ({k - 1} degrees of freedom) from that "
+                  "schedule's own variance between trainings with each training's shared shift removed (Shukla's "
+                  "stability variance; sd is its square root; the cell means carry their seeds' noise, so sampling "
+                  "is in it too; their mean over schedules is sigma_b^2 plus that noise). * = lowest mean at that T; ≈ = not significantly worse than it (paired "
+                  "t-test across trainings, two-sided, p >= 0.05: each training's shared shift cancels); unmarked = "
+                  "significantly worse. No assumption that schedules vary alike; Levene's test of that assumption "
+                  "(median-centred, on the cell means less each training's shared shift): "
+                  + ", ".join(f"T = {t}: p = {fmt(p, 4)}" for t, p in levene.items())
+                  + ". Where it is rejected, this table is the one to read.", "",
+                  *_table_lines(own, sd=True), "", "Worst schedule at each T against the runner-up (paired test):", "",
+                  *_worst_lines(worst_test(own, _paired_p))]
     if k >= 3:
         lines += ["", "## FID from one T to the next, within each training's model", "",
                   f"Per training, the change of the schedule's FID (the same model at both T); mean ± 95 % t half-width "
