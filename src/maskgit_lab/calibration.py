@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy import stats
 from tqdm.auto import tqdm
 
-from maskgit_lab.checkpoints import load_models
+from maskgit_lab.checkpoints import load_models, transformer_file
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval.evaluation import held_out_codes
 from maskgit_lab.io import atomic_write_text, file_sha256
@@ -91,21 +91,13 @@ def model_stats(transformer, codes: torch.Tensor, labels: torch.Tensor, masks: d
     return rows
 
 
-def _model_file(path: str) -> Path:
-    p = Path(path)
-    p = p / "transformer.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise ConfigError(f"transformer {path!r} not found (a transformer.pt or the folder holding one)")
-    return p
-
-
 def calibrate(paths: list[str], ratios: list[float], grids: int, seed: int, batch: int = 250,
               out: Path | None = None) -> pd.DataFrame:
     """Rows (model, schedule, train_seed, ..., ratio, *METRICS) for every model. With ``out``
     (a csv) the rows are written after each model, and a model whose rows are already there
     (same file content, grids, mask seed and ratios) is not evaluated again: an interrupted
     run resumes, and a later one with more models pays for the new ones only."""
-    files = [_model_file(p) for p in paths]
+    files = [transformer_file(p) for p in paths]
     done = pd.read_csv(out, dtype={"model_sha": str, "tokenizer_sha": str}) if out is not None and out.is_file() else pd.DataFrame(columns=["model_sha"])
     data: dict[str, tuple] = {}  # per tokenizer: its test codes and the masks
     frames = []

@@ -99,6 +99,15 @@ def load_model(path: str | Path, kind: str):
     return model.eval(), cfg, payload["meta"]
 
 
+def transformer_file(path: str | Path) -> Path:
+    """``path`` itself or the ``transformer.pt`` in it; a one-line error when there is none."""
+    p = Path(path)
+    p = p / "transformer.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ConfigError(f"transformer {str(path)!r} not found (a transformer.pt or the folder holding one)")
+    return p
+
+
 def load_models(checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"):
     """-> (transformer, tokenizer, config, transformer meta), checking they belong together."""
     transformer, cfg, meta = load_model(checkpoint, "transformer")
