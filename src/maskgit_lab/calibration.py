@@ -37,7 +37,7 @@ from maskgit_lab.checkpoints import load_models, transformer_file
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval.evaluation import held_out_codes
 from maskgit_lab.io import atomic_write_text, file_sha256
-from maskgit_lab.sweeps.trainings import read_cells
+from maskgit_lab.sweeps.trainings import double_centre, read_cells
 
 METRICS = ("ce", "entropy", "gap", "accuracy", "confidence", "ece")
 ECE_BINS = 15
@@ -134,10 +134,6 @@ def _tidy(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return df.astype({c: int for c in ("train_seed", "grids", "mask_seed") if c in df})
 
 
-def _double_centre(table: pd.DataFrame) -> pd.DataFrame:
-    return table.sub(table.mean(1), axis=0).sub(table.mean(0), axis=1).add(table.to_numpy().mean())
-
-
 def residual_correlation(x: pd.DataFrame, y: pd.DataFrame) -> dict[str, float]:
     """Pearson correlation of the interaction residuals of two schedule x training tables
     (same index and columns, no gaps), its slope (y on x) and two-sided p with
@@ -150,7 +146,7 @@ def residual_correlation(x: pd.DataFrame, y: pd.DataFrame) -> dict[str, float]:
     dof = (s - 1) * (k - 1) - 1
     if dof < 1:
         raise ConfigError(f"need at least 2 schedules and 2 trainings with room to spare, got {s} x {k}")
-    rx, ry = _double_centre(x).to_numpy().ravel(), _double_centre(y).to_numpy().ravel()
+    rx, ry = double_centre(x.to_numpy(dtype=float)).ravel(), double_centre(y.to_numpy(dtype=float)).ravel()
     r = float(np.sum(rx * ry) / math.sqrt(np.sum(rx**2) * np.sum(ry**2)))
     t = r * math.sqrt(dof / max(1e-12, 1 - r**2))
     return {"r": r, "slope": float(np.sum(rx * ry) / np.sum(rx**2)), "p": float(2 * stats.t.sf(abs(t), dof)),

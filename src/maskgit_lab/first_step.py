@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -43,8 +42,8 @@ from maskgit_lab.eval import metrics as M
 from maskgit_lab.eval.evaluation import Evaluation
 from maskgit_lab.hardware import inference_dtype
 from maskgit_lab.io import atomic_write_text, file_sha256
+from maskgit_lab.sweeps.common import interval, paired_p
 
-LEVEL = 0.95
 METRICS = {"fid": M.FID, "precision": M.PRECISION, "recall": M.RECALL, "class_consistency": M.CLASS_CONSISTENCY}
 
 
@@ -138,13 +137,6 @@ def run(pairs: list[tuple[Path, Path]], cfg, steps: int, seeds: list[int], n: in
     return frame.astype({"seed": int, "steps": int, "n": int, "train_seed": int})
 
 
-def _interval(x: np.ndarray) -> tuple[float, float]:
-    """Mean and 95 % t half-width (0 for a single value)."""
-    if len(x) < 2:
-        return float(np.mean(x)), float("nan")
-    return float(np.mean(x)), float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
-
-
 def paired(rows: pd.DataFrame) -> pd.DataFrame:
     """Per model and donor: FID with its own first step and with the donor's (mean ± half over
     seeds), the paired difference donor - own with its half-width and t-test p."""
@@ -153,12 +145,12 @@ def paired(rows: pd.DataFrame) -> pd.DataFrame:
         wide = g.pivot_table(index="seed", columns="first_step", values="fid")
         own, other = wide["own"].to_numpy(), wide["donor"].to_numpy()
         d = other - own
-        p = float(stats.ttest_rel(other, own).pvalue) if len(d) > 1 and np.std(d) > 0 else float("nan")
         first = g.iloc[0]
         out.append({"model": model, "schedule": first["schedule"], "train_seed": first["train_seed"],
                     "donor": donor, "donor_schedule": first["donor_schedule"], "steps": steps, "seeds": len(d),
-                    "own": own.mean(), "own_half": _interval(own)[1], "donor_fid": other.mean(),
-                    "donor_half": _interval(other)[1], "diff": d.mean(), "diff_half": _interval(d)[1], "p": p})
+                    "own": own.mean(), "own_half": interval(own)[1], "donor_fid": other.mean(),
+                    "donor_half": interval(other)[1], "diff": d.mean(), "diff_half": interval(d)[1],
+                    "p": paired_p(other, own)})
     return pd.DataFrame(out)
 
 
@@ -174,8 +166,7 @@ def across_trainings(pairs: pd.DataFrame) -> pd.DataFrame:
         out.append({"schedule": schedule, "donor_schedule": donor_schedule, "steps": steps, "models": len(g),
                     "own_mean": g["own"].mean(), "own_sd": g["own"].std(ddof=1),
                     "donor_mean": g["donor_fid"].mean(), "donor_sd": g["donor_fid"].std(ddof=1),
-                    "diff": d.mean(), "diff_half": _interval(d)[1],
-                    "p": float(stats.ttest_1samp(d, 0).pvalue) if np.std(d) > 0 else float("nan")})
+                    "diff": d.mean(), "diff_half": interval(d)[1], "p": paired_p(d, np.zeros_like(d))})
     return pd.DataFrame(out)
 
 

@@ -40,6 +40,7 @@ from scipy import stats
 
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import atomic_write_text
+from maskgit_lab.sweeps.common import paired_p
 from maskgit_lab.sweeps.tables import fmt
 
 LEVEL = 0.95
@@ -76,6 +77,12 @@ def _per_training(cells: pd.DataFrame, what: str) -> np.ndarray:
     """The [cells, k] matrix of one per-training column family (``mean``, ``se2``, ``seeds``)."""
     k = sum(c.startswith("mean_") for c in cells.columns)
     return cells[[f"{what}_{r}" for r in range(k)]].to_numpy()
+
+
+def double_centre(m: np.ndarray) -> np.ndarray:
+    """An S x k table less its row means and column means, plus the grand mean: the residual
+    of the two-way (schedule + training) split."""
+    return m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
 
 
 def _diff_p(a: pd.Series, b: pd.Series) -> float:
@@ -121,7 +128,7 @@ def between_trainings(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.Data
         if s < 3:
             raise ConfigError(f"T={steps}: at least 3 schedules are needed to estimate the variation between trainings")
         m = mean[c.index]
-        resid = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
+        resid = double_centre(m)
         dof = (s - 1) * (k - 1)
         ms, v = float((resid ** 2).sum() / dof), float(se2[c.index].mean())
         lo_q, hi_q = stats.chi2.ppf([1 - (1 - LEVEL) / 2, (1 - LEVEL) / 2], dof)
@@ -134,8 +141,7 @@ def between_trainings(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.Data
 
 def _paired_p(a: pd.Series, b: pd.Series) -> float:
     """Two-sided p of the paired t-test across trainings of two own-variation rows."""
-    d = np.asarray(a["per_training"]) - np.asarray(b["per_training"])
-    return float(stats.ttest_1samp(d, 0).pvalue) if d.std(ddof=1) > 0 else 0.0
+    return paired_p(a["per_training"], b["per_training"])
 
 
 def _mark_against_best(out: pd.DataFrame, p_of) -> pd.DataFrame:
@@ -176,8 +182,7 @@ def stability_variances(m: np.ndarray) -> np.ndarray:
     s, k = m.shape
     if s < 3:
         raise ConfigError(f"at least 3 schedules are needed to split the variation by schedule, got {s}")
-    e = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + m.mean()
-    q = (e ** 2).sum(axis=1) / (k - 1)
+    q = (double_centre(m) ** 2).sum(axis=1) / (k - 1)
     return s / (s - 2) * (q - q.sum() / (s * (s - 1)))
 
 
