@@ -75,6 +75,24 @@ def test_one_step_decodes_are_the_donors_and_a_model_is_its_own_donor(two_traini
     assert not torch.equal(tokens(FS.FirstStepFrom(a, b), 4), tokens(a, 4))
 
 
+def test_whole_masked_training_has_its_own_folder_and_leaves_the_plain_model_alone(two_trainings, capsys):
+    overrides, _, second = two_trainings
+    before = second.joinpath("transformer.pt").stat().st_mtime_ns
+    args = ["transformer", "--config", SMOKE, *overrides, "transformer_train.seed=1"]
+    assert train.main([*args, "transformer_train.blank_share=0.5"]) == 0
+    blank = second.parent / "transformer-cosine-blank0.5-seed1"
+    model, cfg, _ = load_model(blank / "transformer.pt", "transformer")
+    assert cfg.transformer_train.blank_share == 0.5
+    plain = load_model(second / "transformer.pt", "transformer")[0]
+    # same seed and data order, other masks: other weights
+    assert not torch.equal(model.state_dict()["tok_emb.weight"], plain.state_dict()["tok_emb.weight"])
+    # the plain training is reused, not retrained or overwritten
+    capsys.readouterr()
+    assert train.main(args) == 0
+    assert "transformer-cosine-seed1: reusing" in capsys.readouterr().out
+    assert second.joinpath("transformer.pt").stat().st_mtime_ns == before
+
+
 def test_command_pairs_reuses_and_reports(two_trainings, tmp_path):
     overrides, first, second = two_trainings
     out = tmp_path / "first_step.csv"

@@ -143,6 +143,8 @@ class RunPaths:
     schedule: str
     # the training seed: replicates of a transformer or the AR baseline (seed != 0) live side by side
     seed: int = 0
+    # transformer_train.blank_share: a transformer trained with whole-masked rows has a folder of its own
+    blank_share: float = 0.0
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -158,7 +160,8 @@ class RunPaths:
 
     @property
     def transformer_dir(self) -> Path:
-        return self.root / f"transformer-{self.schedule}{self._seed_suffix}"
+        recipe = f"-blank{self.blank_share:g}" if self.blank_share else ""
+        return self.root / f"transformer-{self.schedule}{recipe}{self._seed_suffix}"
 
     @property
     def transformer_file(self) -> Path:
@@ -175,5 +178,6 @@ class RunPaths:
 
 def run_paths(cfg: ExperimentConfig) -> RunPaths:
     """The files of ``cfg``'s experiment (its transformer: the one trained with its schedule
-    and training seed)."""
-    return RunPaths(cfg.run_dir, cfg.transformer_train.schedule, cfg.transformer_train.seed)
+    training seed and share of whole-masked rows)."""
+    t = cfg.transformer_train
+    return RunPaths(cfg.run_dir, t.schedule, t.seed, t.blank_share)

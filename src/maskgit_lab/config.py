@@ -95,6 +95,10 @@ class TransformerTrainConfig:
     ema: float = 0.0  # 0 disables EMA weights, else the decay (e.g. 0.999)
     compile: bool = False  # torch.compile the transformer for training (pays after some hundred steps)
     schedule: str = "cosine"  # training mask schedule gamma
+    # Share of training rows masked whole (the grid every decoding starts from); the rest follow
+    # the schedule. 0, the paper's recipe: a square-root model then sees a whole-masked grid in
+    # 0.02 % of rows, a cosine one in 11 % (README, "Whose first step").
+    blank_share: float = 0.0
     loss_on: str = "masked"  # masked | all
     val_every: int = 250
     seed: int = 0
@@ -380,6 +384,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"unknown transformer_train.loss_on {cfg.transformer_train.loss_on!r}; valid: masked, all")
     if not 0 <= cfg.transformer_train.class_dropout < 1:
         raise ConfigError("transformer_train.class_dropout must lie in [0, 1)")
+    if not 0 <= cfg.transformer_train.blank_share < 1:
+        raise ConfigError(f"transformer_train.blank_share must lie in [0, 1), got {cfg.transformer_train.blank_share}")
     cfg.transformer_train.schedule = canonical_name(cfg.transformer_train.schedule)
     cfg.transformer.resolved()
     check_extractor(cfg.evaluator.extractor)
