@@ -97,7 +97,7 @@ class TransformerTrainConfig:
     schedule: str = "cosine"  # training mask schedule gamma
     # Share of training rows masked whole (the grid every decoding starts from); the rest follow
     # the schedule. 0, the paper's recipe: a square-root model then sees a whole-masked grid in
-    # 0.02 % of rows, a cosine one in 11 % (README, "Whose first step").
+    # 0.03 % of rows, a logarithmic one in 1.6 %, a cosine one in 11 % (README, Training).
     blank_share: float = 0.0
     loss_on: str = "masked"  # masked | all
     val_every: int = 250

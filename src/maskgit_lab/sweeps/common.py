@@ -58,6 +58,10 @@ TIMING_NOTE = ("s/img: wall time to produce the images (transformer decoding and
                "feature extraction and metrics excluded)")
 
 
+# section -> {setting: default} of settings added to the config after sweeps had been measured
+LATER_SETTINGS = {"transformer_train": {"blank_share": 0.0}}
+
+
 def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_keys: Iterable[str] = ()) -> str:
     """Content key of a sweep: everything that changes its numbers (not paths or URIs).
 
@@ -67,6 +71,12 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_k
     d = to_dict(cfg)
     for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
         d.pop(k)
+    # settings added after sweeps were measured count only away from their default, so a
+    # sweep that does not use them keeps its id and its finished cells
+    for section, added in LATER_SETTINGS.items():
+        for k, default in added.items():
+            if d[section].get(k) == default:
+                d[section].pop(k)
     # settings of the other sweep kinds do not change this one's numbers
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
     d["sweep"] = {k: v for k, v in d["sweep"].items()
