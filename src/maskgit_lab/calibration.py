@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from maskgit_lab.checkpoints import load_models, transformer_file
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval.evaluation import held_out_codes
-from maskgit_lab.io import atomic_write_text, file_sha256
+from maskgit_lab.io import atomic_write_text, file_sha256, publish_report
 from maskgit_lab.sweeps.trainings import double_centre, read_cells
 
 METRICS = ("ce", "entropy", "gap", "accuracy", "confidence", "ece")
@@ -246,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibrate(args.models, ratios, args.grids, args.seed, args.batch, out)
     rel = relate(calib, cells) if cells else None
     text = report(calib, rel)
-    if out is not None:
-        atomic_write_text(out.with_suffix(".md"), text)
-    print(text, end="")
+    publish_report(text, None if out is None else out.with_suffix(".md"))
     return 0
 
 

@@ -41,7 +41,7 @@ from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval import metrics as M
 from maskgit_lab.eval.evaluation import Evaluation
 from maskgit_lab.hardware import inference_dtype
-from maskgit_lab.io import atomic_write_text, file_sha256
+from maskgit_lab.io import atomic_write_text, file_sha256, publish_report
 from maskgit_lab.sweeps.common import interval, paired_p
 
 METRICS = {"fid": M.FID, "precision": M.PRECISION, "recall": M.RECALL, "class_consistency": M.CLASS_CONSISTENCY}
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(parse_pairs(pair_args), cfg, args.steps, sorted(set(args.seeds)), args.n, args.batch, out, args.device)
     pairs = paired(rows)
     text = report(pairs, across_trainings(pairs))
-    if out is not None:
-        atomic_write_text(out.with_suffix(".md"), text)
-    print(text, end="")
+    publish_report(text, None if out is None else out.with_suffix(".md"))
     return 0
 
 

@@ -60,6 +60,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def publish_report(text: str, path: str | Path | None) -> None:
+    """A command's markdown report: written atomically to ``path`` when one is given, and printed."""
+    if path is not None:
+        atomic_write_text(path, text)
+    print(text, end="")
+
+
 def content_key(obj, length: int = 16) -> str:
     """Hex SHA-256 of ``obj`` as canonical JSON (sorted keys; non-JSON values as str):
     the key of every cache and study whose identity is a set of settings."""

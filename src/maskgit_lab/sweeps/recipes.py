@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
-from maskgit_lab.io import atomic_write_text
+from maskgit_lab.io import publish_report
 from maskgit_lab.sweeps.tables import fmt
 from maskgit_lab.sweeps.trainings import LEVEL, read_cells
 
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     table = compare(a, b, se2_a, se2_b, args.target)
     text = report(table, args.label_a, args.label_b, list(args.names_a or args.a), list(args.names_b or args.b),
                   args.target)
-    if args.out:
-        atomic_write_text(args.out, text)
-    print(text, end="")
+    publish_report(text, args.out)
     return 0
 
 

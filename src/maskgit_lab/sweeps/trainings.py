@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import stats
 
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
-from maskgit_lab.io import atomic_write_text
+from maskgit_lab.io import publish_report
 from maskgit_lab.sweeps.common import paired_p
 from maskgit_lab.sweeps.tables import fmt
 
@@ -337,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--names gives {len(args.names)} labels for {len(args.cells)} files")
     cells, sigma = between_trainings([read_cells(c) for c in args.cells])
     text = report(cells, sigma, pooled_table(cells, sigma), list(args.names or args.cells))
-    if args.out:
-        atomic_write_text(args.out, text)
-    print(text, end="")
+    publish_report(text, args.out)
     return 0
 
 
