@@ -58,8 +58,8 @@ TIMING_NOTE = ("s/img: wall time to produce the images (transformer decoding and
                "feature extraction and metrics excluded)")
 
 
-# section -> {setting: default} of settings added to the config after sweeps had been measured
-LATER_SETTINGS = {"transformer_train": {"blank_share": 0.0}}
+# section -> settings added to the config after sweeps had been measured
+LATER_SETTINGS = {"transformer_train": ("blank_share",)}
 
 
 def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_keys: Iterable[str] = ()) -> str:
@@ -73,9 +73,10 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_k
         d.pop(k)
     # settings added after sweeps were measured count only away from their default, so a
     # sweep that does not use them keeps its id and its finished cells
+    defaults = to_dict(ExperimentConfig())
     for section, added in LATER_SETTINGS.items():
-        for k, default in added.items():
-            if d[section].get(k) == default:
+        for k in added:
+            if d[section].get(k) == defaults[section][k]:
                 d[section].pop(k)
     # settings of the other sweep kinds do not change this one's numbers
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
