@@ -73,10 +73,10 @@ def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_k
         d.pop(k)
     # settings added after sweeps were measured count only away from their default, so a
     # sweep that does not use them keeps its id and its finished cells
-    defaults = to_dict(ExperimentConfig())
+    defaults = ExperimentConfig()
     for section, added in LATER_SETTINGS.items():
         for k in added:
-            if d[section].get(k) == defaults[section][k]:
+            if d[section].get(k) == getattr(getattr(defaults, section), k):
                 d[section].pop(k)
     # settings of the other sweep kinds do not change this one's numbers
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
