@@ -226,3 +226,27 @@ def test_own_variation_needs_three_trainings(tmp_path):
     with pytest.raises(ConfigError, match="at least 3 trainings"):
         TR.own_variation_table(per_cell)
     assert "own variation" not in TR.report(per_cell, sigma, TR.pooled_table(per_cell, sigma), ["a", "b"])
+
+
+def test_a_training_split_over_several_ablations_is_read_as_one(tmp_path):
+    rng = np.random.default_rng(11)
+    truth = {f"s{i}": 40.0 + 2 * i for i in range(5)}
+    whole = [cells(rng, truth, 2.0) for _ in range(3)]
+    specs = []
+    for r, df in enumerate(whole):  # each training's schedules run as two ablations
+        first = df[df["schedule"].isin(["s0", "s1"]) | df["schedule"].isna()]
+        second = df[df["schedule"].isin(["s2", "s3", "s4"]) | df["schedule"].isna()]
+        specs.append(f"{write(tmp_path, f'a{r}.csv', first)},{write(tmp_path, f'b{r}.csv', second)}")
+    for spec, df in zip(specs, whole, strict=True):
+        pd.testing.assert_frame_equal(TR.read_training(spec), TR.read_cells(write(tmp_path, "w.csv", df)))
+    split_out, whole_out = tmp_path / "split.md", tmp_path / "whole.md"
+    assert TR.main([*specs, "--names", "A", "B", "C", "--out", str(split_out)]) == 0
+    assert TR.main([str(write(tmp_path, f"w{r}.csv", df)) for r, df in enumerate(whole)]
+                   + ["--names", "A", "B", "C", "--out", str(whole_out)]) == 0
+    assert split_out.read_text() == whole_out.read_text()
+
+    overlap = f"{tmp_path / 'a0.csv'},{tmp_path / 'a1.csv'}"
+    with pytest.raises(ConfigError, match="both hold s0 at T=4"):
+        TR.read_training(overlap)
+    with pytest.raises(ConfigError, match="not found"):
+        TR.read_training(f"{tmp_path / 'a0.csv'},{tmp_path / 'nope.csv'}")

@@ -6,6 +6,10 @@ models are trained again, and the table pooled over them with that variation in 
 
 Each input is the per-cell file of a per-schedule (``train`` mode) schedule ablation: the
 same schedules and T, the models trained k >= 2 times (another seed, machine or commit).
+One training whose schedules were run as separate ablations (same training seed and
+config, different ``sweep.schedules``) is given as its files joined by commas,
+``A1/schedule_ablation_cells.csv,A2/schedule_ablation_cells.csv``; its parts must not hold
+the same schedule and T twice.
 Table 3's own intervals cover sampling only (the seeds); a schedule's model is trained once.
 This estimates what they leave out.
 
@@ -66,6 +70,23 @@ def read_cells(path: str | Path) -> pd.DataFrame:
     if out.empty or (out["seeds"] < 2).any():
         raise ConfigError(f"{str(p)!r}: every cell needs at least 2 seeds")
     return out
+
+
+def read_training(spec: str | Path) -> pd.DataFrame:
+    """One training's ``read_cells`` frame from its file, or from several files joined by
+    commas (one training seed whose schedules were run as separate ablations)."""
+    parts = [x for x in str(spec).split(",") if x]
+    if not parts:
+        raise ConfigError(f"empty cells file list {str(spec)!r}")
+    frames = [read_cells(x) for x in parts]
+    seen: dict[tuple, str] = {}
+    for part, frame in zip(parts, frames, strict=True):
+        for key in frame.index:
+            if key in seen:
+                raise ConfigError(f"{seen[key]!r} and {part!r} both hold {key[0]} at T={key[1]}: "
+                                  "the files of one training must hold different schedules")
+            seen[key] = part
+    return pd.concat(frames).sort_index()
 
 
 def _quantile(dof) -> np.ndarray | float:
@@ -327,7 +348,8 @@ def report(cells: pd.DataFrame, sigma: pd.DataFrame, pooled: pd.DataFrame, names
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m maskgit_lab.sweeps.trainings", description=__doc__.splitlines()[0])
-    parser.add_argument("cells", nargs="+", help="each training's schedule_ablation_cells.csv (two or more)")
+    parser.add_argument("cells", nargs="+", help="each training's schedule_ablation_cells.csv (two or more); "
+                        "one training run as several ablations: its files joined by commas")
     parser.add_argument("--names", nargs="+", help="labels of the trainings, one per file (default: the paths)")
     parser.add_argument("--out", help="write the report here too (markdown, atomically)")
     args = parser.parse_args(argv)
@@ -335,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"give at least two trainings' cells files, got {len(args.cells)}")
     if args.names and len(args.names) != len(args.cells):
         raise ConfigError(f"--names gives {len(args.names)} labels for {len(args.cells)} files")
-    cells, sigma = between_trainings([read_cells(c) for c in args.cells])
+    cells, sigma = between_trainings([read_training(c) for c in args.cells])
     text = report(cells, sigma, pooled_table(cells, sigma), list(args.names or args.cells))
     publish_report(text, args.out)
     return 0
