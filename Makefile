@@ -17,9 +17,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "error: python3 not found" >&2; exit 1; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); [ "$$free" -ge 10 ] || \
+	  echo "warning: $$free GiB free here; installing torch's CUDA build into $(VENV) takes about 6.4 GiB plus its downloads" >&2
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,postgres]"
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -e ".[dev,postgres]"
 	touch $(STAMP)
 
 # Fashion-MNIST: $$MASKGIT_FMNIST_DIR if set, else Debian's dataset-fashion-mnist package.
