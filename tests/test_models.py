@@ -145,29 +145,6 @@ def test_random_mask_exact_counts():
     assert math.isclose(float(mask.float().mean()), float(want.float().mean()) / n_tok, rel_tol=1e-6)
 
 
-def test_blank_share_masks_whole_rows_and_leaves_the_rest_on_the_schedule():
-    n_tok, rows, q = 64, 20_000, 0.1
-    plain = random_mask(rows, n_tok, "square_root", torch.Generator().manual_seed(3)).sum(1)
-    assert torch.equal(plain, random_mask(rows, n_tok, "square_root", torch.Generator().manual_seed(3),
-                                          blank_share=0.0).sum(1))
-    counts = random_mask(rows, n_tok, "square_root", torch.Generator().manual_seed(3), blank_share=q).sum(1)
-    # the square-root schedule alone almost never masks a whole grid; with q a share q does
-    assert float((plain == n_tok).float().mean()) < 0.002
-    share = float((counts == n_tok).float().mean())
-    assert abs(share - q) < 5 * math.sqrt(q * (1 - q) / rows)
-    # the other rows follow the schedule: same mean count as the plain draw, within sampling error
-    rest = counts[counts < n_tok].double()
-    se = math.sqrt(rest.var() / len(rest) + plain.double().var() / rows)
-    assert abs(float(rest.mean() - plain.double().mean())) < 5 * se
-    replay = torch.Generator().manual_seed(3)
-    r = torch.rand(rows, generator=replay, dtype=torch.float64)
-    keep = r >= q
-    want = torch.ceil(gamma("square_root", (r[keep] - q) / (1 - q), n_tok) * n_tok).long().clamp(1, n_tok)
-    assert torch.equal(counts[keep], want)
-    with pytest.raises(ValueError, match=r"blank_share must lie in \[0, 1\)"):
-        random_mask(4, n_tok, "cosine", blank_share=1.0)
-
-
 def _fit_fixed_batch(module, batch, steps, callbacks=()):
     loader = DataLoader(TensorDataset(*[b.repeat(steps, *[1] * (b.dim() - 1)) for b in batch]),
                         batch_size=batch[0].shape[0])

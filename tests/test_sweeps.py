@@ -226,27 +226,3 @@ def test_cells_of_older_sampler_numerics_are_not_reused(monkeypatch):
     assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) == before
     monkeypatch.setattr(common, "NUMERICS_REVISION", common.NUMERICS_REVISION + 1)
     assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) != before
-
-
-def test_settings_added_later_change_a_sweep_id_only_away_from_their_default(monkeypatch):
-    from dataclasses import replace
-
-    from maskgit_lab.config import load_config
-    from maskgit_lab.sweeps import common
-
-    cfg = load_config(SMOKE)
-    now = common.sweep_id(cfg, "schedule_ablation")
-    blank = replace(cfg, transformer_train=replace(cfg.transformer_train, blank_share=0.1))
-    assert common.sweep_id(blank, "schedule_ablation") != now
-    # a config from before the settings existed: the same id as one at their defaults
-    plain_to_dict = common.to_dict
-
-    def without_later_settings(c):
-        d = plain_to_dict(c)
-        for section, added in common.LATER_SETTINGS.items():
-            for k in added:
-                d[section].pop(k)
-        return d
-
-    monkeypatch.setattr(common, "to_dict", without_later_settings)
-    assert common.sweep_id(cfg, "schedule_ablation") == now

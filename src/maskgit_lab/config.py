@@ -95,10 +95,6 @@ class TransformerTrainConfig:
     ema: float = 0.0  # 0 disables EMA weights, else the decay (e.g. 0.999)
     compile: bool = False  # torch.compile the transformer for training (pays after some hundred steps)
     schedule: str = "cosine"  # training mask schedule gamma
-    # Share of training rows masked whole (the grid every decoding starts from); the rest follow
-    # the schedule. 0, the paper's recipe: a square-root model then sees a whole-masked grid in
-    # 0.03 % of rows, a logarithmic one in 1.6 %, a cosine one in 11 % (README, Training).
-    blank_share: float = 0.0
     loss_on: str = "masked"  # masked | all
     val_every: int = 250
     seed: int = 0
@@ -384,8 +380,6 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"unknown transformer_train.loss_on {cfg.transformer_train.loss_on!r}; valid: masked, all")
     if not 0 <= cfg.transformer_train.class_dropout < 1:
         raise ConfigError("transformer_train.class_dropout must lie in [0, 1)")
-    if not 0 <= cfg.transformer_train.blank_share < 1:
-        raise ConfigError(f"transformer_train.blank_share must lie in [0, 1), got {cfg.transformer_train.blank_share}")
     cfg.transformer_train.schedule = canonical_name(cfg.transformer_train.schedule)
     cfg.transformer.resolved()
     check_extractor(cfg.evaluator.extractor)
@@ -445,8 +439,23 @@ def to_dict(cfg: Any) -> dict:
     return conv(cfg)
 
 
+# Settings the config no longer has -> the value that did what the code does now. A stored
+# config (a model file) with that value loads; with another it is refused in one line.
+RETIRED = {("transformer_train", "blank_share"): 0.0}
+
+
+def _drop_retired(tree: dict) -> dict:
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for (section, key), neutral in RETIRED.items():
+        stored = tree.get(section, {}).pop(key, neutral)
+        if stored != neutral:
+            raise ConfigError(f"made with {section}.{key}={stored!r}, a setting this version no longer has "
+                              f"(only {neutral!r} loads)")
+    return tree
+
+
 def from_dict(tree: dict) -> ExperimentConfig:
     """Rebuild an ExperimentConfig from ``to_dict`` output (e.g. from a checkpoint)."""
-    cfg = _build(ExperimentConfig, tree, "")
+    cfg = _build(ExperimentConfig, _drop_retired(tree), "")
     validate(cfg)
     return cfg

@@ -46,9 +46,8 @@ class MVTMModule(L.LightningModule):
         """The weights to sample and evaluate with: EMA when enabled."""
         return self.ema if self.ema is not None else self.model
 
-    def _masked_batch(self, codes: Tensor, generator: torch.Generator | None,
-                      blank_share: float = 0.0) -> tuple[Tensor, Tensor]:
-        mask = random_mask(codes.shape[0], codes.shape[1], self.tcfg.schedule, generator, codes.device, blank_share)
+    def _masked_batch(self, codes: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        mask = random_mask(codes.shape[0], codes.shape[1], self.tcfg.schedule, generator, codes.device)
         return codes.masked_fill(mask, self.model.cfg.mask_id), mask
 
     def _logits_and_loss(self, model, inputs: Tensor, labels: Tensor, codes: Tensor, mask: Tensor,
@@ -67,7 +66,7 @@ class MVTMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         codes, labels = batch
-        inputs, mask = self._masked_batch(codes, None, self.tcfg.blank_share)
+        inputs, mask = self._masked_batch(codes, None)
         if self.tcfg.class_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.tcfg.class_dropout
             labels = labels.masked_fill(drop, self.model.cfg.null_label)
@@ -85,8 +84,6 @@ class MVTMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         codes, labels = batch
         gen = torch.Generator(device=codes.device).manual_seed(10_000 + batch_idx)
-        # the schedule's masks alone (no whole-masked share): validation CE stays comparable
-        # between recipes
         inputs, mask = self._masked_batch(codes, gen)
         loss, acc = self._logits_and_loss(self.inference_model, inputs, labels, codes, mask, 0.0)
         self.log_dict({"val/loss": loss, "val/masked_acc": acc}, prog_bar=True, batch_size=codes.shape[0])
