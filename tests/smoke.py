@@ -10,3 +10,11 @@ def sweep_args(trained, tmp_path, *extra: str) -> list[str]:
     overrides, _ = trained
     return ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
             str(tmp_path / "results"), *overrides, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+def model_path(overrides: list[str], kind: str = "transformer", *extra: str):
+    """The model file of ``kind`` that the smoke preset with these overrides trains (or reuses)."""
+    from maskgit_lab.config import load_config
+    from maskgit_lab.identity import model_file
+
+    return model_file(load_config(SMOKE, [*overrides, *extra]), kind)

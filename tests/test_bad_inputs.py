@@ -16,7 +16,7 @@ import optuna
 import pytest
 import torch
 from conftest import write_idx
-from smoke import SMOKE, sweep_args
+from smoke import SMOKE, model_path, sweep_args
 
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint
@@ -67,7 +67,7 @@ def test_train_refuses_bad_settings(fmnist_dir, tmp_path, capsys, extra, message
     args = ["all", "--config", SMOKE, "--no-mlflow", f"data.root={fmnist_dir}", "data.val_size=100",
             f"runs_dir={tmp_path / 'runs'}", *extra]
     refused(capsys, train.main, args, message, tmp_path)
-    assert not (tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt").exists()
+    assert not list((tmp_path / "runs").glob("*/tokenizer*/tokenizer.pt"))
 
 
 def test_train_refuses_unknown_stage_in_one_line(capsys, tmp_path):
@@ -108,8 +108,8 @@ def test_data_identity_is_in_every_cache_key(fmnist_dir, tmp_path):
 
 
 def test_output_paths_are_checked_before_any_work(trained, tmp_path, capsys):
-    _, root = trained
-    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    overrides, root = trained
+    ckpt = str(model_path(overrides))
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir").mkdir()
     (tmp_path / "target.png").write_text("keep me")
@@ -135,7 +135,7 @@ def test_output_paths_are_checked_before_any_work(trained, tmp_path, capsys):
 ])
 def test_evaluate_bad_arguments(trained, tmp_path, capsys, args, message):
     overrides, root = trained
-    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    ckpt = str(model_path(overrides))
     refused(capsys, evaluate.main, ["--config", SMOKE, "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"),
                                     *args, *overrides], message, tmp_path, root)
 
@@ -151,7 +151,7 @@ class Planted:
 
 
 def test_checkpoints_never_unpickle_code(trained, tmp_path, capsys):
-    _, root = trained
+    overrides, root = trained
     hit = tmp_path / "hit"
     planted = tmp_path / "planted.pt"
     with open(planted, "wb") as fh:
@@ -163,7 +163,7 @@ def test_checkpoints_never_unpickle_code(trained, tmp_path, capsys):
         load_checkpoint(planted, "transformer")
     assert not hit.exists()
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes((root / "transformer-cosine" / "transformer.pt").read_bytes()[:1000])
+    truncated.write_bytes(model_path(overrides).read_bytes()[:1000])
     refused(capsys, sample.main, ["--checkpoint", str(truncated), "--out", str(tmp_path / "g.png")],
             "not a loadable", tmp_path)
 
@@ -171,7 +171,7 @@ def test_checkpoints_never_unpickle_code(trained, tmp_path, capsys):
 def test_planted_or_truncated_resume_file_is_ignored_not_trusted(fmnist_dir, tmp_path, capsys):
     args = ["tokenizer", "--config", SMOKE, "--no-mlflow", f"data.root={fmnist_dir}", "data.val_size=100",
             f"runs_dir={tmp_path / 'runs'}"]
-    resume = tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "lightning" / "last.ckpt"
+    resume = model_path(args[4:], "tokenizer").parent / "lightning" / "last.ckpt"
     resume.parent.mkdir(parents=True)
     hit = tmp_path / "hit"
     with open(resume, "wb") as fh:
@@ -179,13 +179,13 @@ def test_planted_or_truncated_resume_file_is_ignored_not_trusted(fmnist_dir, tmp
     assert train.main(args) == 0
     assert not hit.exists(), "the planted resume file ran code"
     assert "ignoring the unreadable resume file" in capsys.readouterr().err
-    assert (tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt").is_file()
+    assert model_path(args[4:], "tokenizer").is_file()
 
 
 def test_corrupt_caches_are_rebuilt(trained, tmp_path, capsys):
     overrides, root = trained
     args = ["--config", SMOKE, "--source", "train", "--n", "20", "--nll", "--checkpoint",
-            str(root / "transformer-cosine" / "transformer.pt"), "--out", str(tmp_path / "e.json"), *overrides]
+            str(model_path(overrides)), "--out", str(tmp_path / "e.json"), *overrides]
     assert evaluate.main(args) == 0  # builds the evaluator and the reference features
     caches = [*(root / "tokens").glob("tokens-*.pt"), root / "evaluator" / "evaluator.pt",
               *(root / "reference").glob("reference-*.pt")]
@@ -218,7 +218,7 @@ def test_urls_are_redacted_and_model_files_hold_no_tracking_uri(trained, tmp_pat
     args = sweep_args(trained, tmp_path)
     args[args.index("--storage") + 1] = "postgresql://alice:s3cret@127.0.0.1:1/optuna"
     refused(capsys, schedule_ablation.main, args, "alice:***@127.0.0.1", tmp_path)
-    payload = load_checkpoint(root / "transformer-cosine" / "transformer.pt", "transformer")
+    payload = load_checkpoint(model_path(overrides), "transformer")
     assert payload["config"]["mlflow_uri"] == ""
     refused(capsys, rebuild.main, ["--config", SMOKE, *overrides, "mlflow_uri=bogus://bob:pw@x",
                                    "--out-dir", str(tmp_path / "r")], "cannot use the MLflow tracking store", tmp_path)
@@ -305,7 +305,7 @@ def test_truncated_token_shard_is_one_line(trained, tmp_path, capsys):
     cfg = load_config(SMOKE, overrides)
     out = tmp_path / "shards"
     for split in ("train", "val"):
-        write_shards(cfg, run_dir / "tokenizer" / "tokenizer.pt", split, out, shard_size=200)
+        write_shards(cfg, model_path(overrides, "tokenizer"), split, out, shard_size=200)
     shard = out / "train" / "shard-00001.codes.npy"
     shard.write_bytes(shard.read_bytes()[:100])
     args = ["transformer", "--config", SMOKE, "--no-mlflow", *overrides, f"data.token_shards={out}",

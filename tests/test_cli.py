@@ -3,12 +3,14 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
-from smoke import SMOKE
+from smoke import SMOKE, model_path
 
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint, load_model, load_models, save_model
@@ -24,74 +26,91 @@ from maskgit_lab.sweeps import schedule_ablation
 
 
 def test_train_writes_model_files_with_config(trained):
-    _, root = trained
-    tok = load_checkpoint(root / "tokenizer" / "tokenizer.pt", "tokenizer")
-    tr = load_checkpoint(root / "transformer-cosine" / "transformer.pt", "transformer")
+    overrides, root = trained
+    tok_file, tr_file = model_path(overrides, "tokenizer"), model_path(overrides)
+    assert tok_file.parent.name.startswith("tokenizer-") and tr_file.parent.name.startswith("transformer-cosine-seed0-")
+    tok = load_checkpoint(tok_file, "tokenizer")
+    tr = load_checkpoint(tr_file, "transformer")
     assert tok["config"]["tokenizer"]["codebook_size"] == 64
     assert tr["config"]["transformer"]["num_tokens"] == 64 and tr["config"]["transformer"]["num_classes"] == 10
     assert tr["meta"]["tokenizer_sha"] and tr["meta"]["git_commit"]
-    metrics = json.loads((root / "tokenizer" / "metrics.json").read_text())
+    metrics = json.loads((tok_file.parent / "metrics.json").read_text())
     assert 0 < metrics["code_usage"] <= 1 and metrics["psnr"] > 0 and metrics["num_images"] == 120
-    assert (root / "transformer-cosine" / "lightning" / "last.ckpt").is_file()
+    assert (tr_file.parent / "lightning" / "last.ckpt").is_file()
     assert list((root / "tokens").glob("tokens-*.pt")), "token cache written"
 
 
 def test_mlflow_has_both_training_runs(trained):
     import mlflow
 
-    _, root = trained
+    overrides, root = trained
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root.parent / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fmnist_smoke")
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
-    assert {"tokenizer", "transformer-cosine"} <= names
-    tr = next(r for r in runs if r.info.run_name == "transformer-cosine")
+    assert {model_path(overrides, "tokenizer").parent.name, model_path(overrides).parent.name} <= names
+    tr = next(r for r in runs if r.info.run_name == model_path(overrides).parent.name)
     assert "final/val_loss" in tr.data.metrics and tr.data.params["transformer_train.schedule"] == "cosine"
     artifacts = {a.path for a in client.list_artifacts(tr.info.run_id)}
     assert {"config.yaml", "metrics.json"} <= artifacts
 
 
-def test_second_run_reuses_and_changed_settings_refuse(trained, capsys):
+def test_second_run_reuses_every_stage(trained, capsys):
     overrides, root = trained
-    before = (root / "transformer-cosine" / "transformer.pt").stat().st_mtime_ns
+    before = model_path(overrides).stat().st_mtime_ns
     assert train.main(["all", "--config", SMOKE, "--no-mlflow", *overrides]) == 0
     assert "reusing" in capsys.readouterr().out
-    assert (root / "transformer-cosine" / "transformer.pt").stat().st_mtime_ns == before
-    with pytest.raises(SystemExit) as exc:
-        train.main(["tokenizer", "--config", SMOKE, "--no-mlflow", *overrides, "tokenizer_train.lr=0.1"])
-    assert exc.value.code == 2
-    assert "tokenizer_train.lr" in capsys.readouterr().err
+    assert model_path(overrides).stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize(("stage", "kind", "folder", "file"), [
-    ("transformer", "transformer", "transformer-cosine", "transformer.pt"),
-    ("ar", "ar_transformer", "ar-transformer", "ar_transformer.pt"),
-])
-def test_training_seed_replicates_live_beside_the_first(trained, tmp_path, capsys, stage, kind, folder, file):
+@pytest.mark.parametrize(("stage", "kind"), [("transformer", "transformer"), ("ar", "ar_transformer")])
+def test_a_changed_setting_trains_a_second_model_beside_the_first(trained, tmp_path, capsys, stage, kind):
+    """No name=: another training seed or learning rate is another folder; the first model is
+    neither retrained nor overwritten, and each is reused when asked for again."""
     overrides, root = trained
-    copy = tmp_path / "runs" / "fmnist_smoke"
-    for d in ("tokenizer", "tokens"):
-        shutil.copytree(root / d, copy / d)
     base = [*overrides, f"runs_dir={tmp_path / 'runs'}"]
-    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *base]) == 0  # the seed-0 model
-    first = copy / folder / file
+    for src in (model_path(overrides, "tokenizer").parent, root / "tokens"):
+        shutil.copytree(src, tmp_path / "runs" / "fmnist_smoke" / src.name)
+    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *base]) == 0
+    first = model_path(base, kind)
     before = first.stat().st_mtime_ns
-    mine = [*base, "transformer_train.seed=1"]
-    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *mine]) == 0
-    second = copy / f"{folder}-seed1" / file
-    assert first.stat().st_mtime_ns == before, "the seed-0 model is not retrained or overwritten"
-    a, b = load_checkpoint(first, kind), load_checkpoint(second, kind)
+    files = {}
+    for change in ("transformer_train.seed=1", "transformer_train.lr=2e-3"):
+        assert train.main([stage, "--config", SMOKE, "--no-mlflow", *base, change]) == 0
+        files[change] = model_path(base, kind, change)
+    assert len({first, *files.values()}) == 3 and all(f.parent.parent == first.parent.parent for f in files.values())
+    assert first.stat().st_mtime_ns == before, "the first model is not retrained or overwritten"
+    a, b = load_checkpoint(first, kind), load_checkpoint(files["transformer_train.seed=1"], kind)
     assert (a["config"]["transformer_train"]["seed"], b["config"]["transformer_train"]["seed"]) == (0, 1)
-    assert a["meta"]["tokenizer_sha"] == b["meta"]["tokenizer_sha"], "one tokenizer for both replicates"
+    assert load_checkpoint(files["transformer_train.lr=2e-3"], kind)["config"]["transformer_train"]["lr"] == 2e-3
+    assert a["meta"]["tokenizer_sha"] == b["meta"]["tokenizer_sha"], "one tokenizer for every model"
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     capsys.readouterr()
-    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *mine]) == 0
-    assert f"{folder}-seed1: reusing" in capsys.readouterr().out
+    assert train.main([stage, "--config", SMOKE, "--no-mlflow", *base, "transformer_train.seed=1"]) == 0
+    assert f"{files['transformer_train.seed=1'].parent.name}: reusing" in capsys.readouterr().out
+
+
+def test_a_model_in_a_folder_of_another_name_is_found_by_its_stored_settings(trained, tmp_path, capsys):
+    """Model folders named by hand or by an older layout (transformer-cosine/) keep working:
+    the stored config decides, and a folder holding other settings is never taken."""
+    overrides, root = trained
+    runs = tmp_path / "runs" / "fmnist_smoke"
+    base = [*overrides, f"runs_dir={tmp_path / 'runs'}"]
+    shutil.copytree(model_path(overrides, "tokenizer").parent, runs / "tokenizer")
+    shutil.copytree(root / "tokens", runs / "tokens")
+    shutil.copytree(model_path(overrides).parent, runs / "transformer-cosine")
+    assert model_path(base, "tokenizer") == runs / "tokenizer" / "tokenizer.pt"
+    assert model_path(base) == runs / "transformer-cosine" / "transformer.pt"
+    assert train.main(["all", "--config", SMOKE, "--no-mlflow", *base]) == 0
+    assert "transformer-cosine: reusing" in capsys.readouterr().out
+    assert sorted(p.name for p in runs.iterdir()) == ["tokenizer", "tokens", "transformer-cosine"]
+    other = model_path(base, "transformer", "transformer_train.lr=2e-3")
+    assert other.parent.name.startswith("transformer-cosine-seed0-") and not other.exists()
 
 
 def test_sample_grid_and_process(trained, tmp_path):
     overrides, root = trained
-    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    ckpt = str(model_path(overrides))
     out, proc = tmp_path / "grid.png", tmp_path / "proc.png"
     args = ["--checkpoint", ckpt, "--per-class", "2", "--out", str(out), "--process", str(proc)]
     assert sample.main([*args, "--schedule", "linear", "--steps", "5", "--seed", "3"]) == 0
@@ -100,8 +119,8 @@ def test_sample_grid_and_process(trained, tmp_path):
 
 def test_generation_is_deterministic_and_schedule_matters(trained):
 
-    _, root = trained
-    tr, cfg, meta = load_model(root / "transformer-cosine" / "transformer.pt", "transformer")
+    overrides, _ = trained
+    tr, cfg, meta = load_model(model_path(overrides), "transformer")
     tok, _, _ = load_model(meta["tokenizer_file"], "tokenizer")
     labels = torch.arange(10)
     a = generate_images(tr, tok, labels, DecodeConfig(steps=4), seed=0, batch_size=4)
@@ -114,11 +133,11 @@ def test_runs_used_from_another_directory_find_their_tokenizer(trained, tmp_path
     """A transformer records its tokenizer's path as given at training (relative to that run's
     working directory). Used from elsewhere, the tokenizer beside it in its runs/<experiment>/
     folder is taken when its content matches; a file of other content is never taken."""
-    _, root = trained
-    tr, cfg, meta = load_model(root / "transformer-cosine" / "transformer.pt", "transformer")
-    tok, tok_cfg, tok_meta = load_model(root / "tokenizer" / "tokenizer.pt", "tokenizer")
+    overrides, _ = trained
+    tr, cfg, meta = load_model(model_path(overrides), "transformer")
+    tok, tok_cfg, tok_meta = load_model(model_path(overrides, "tokenizer"), "tokenizer")
     moved = tmp_path / "elsewhere" / "fmnist_smoke"
-    shutil.copytree(root / "tokenizer", moved / "tokenizer")
+    shutil.copytree(model_path(overrides, "tokenizer").parent, moved / "tokenizer")
     ckpt = moved / "transformer-cosine" / "transformer.pt"
     save_model(ckpt, "transformer", tr, cfg, {**meta, "tokenizer_file": "runs/fmnist_smoke/tokenizer/tokenizer.pt"})
     monkeypatch.chdir(tmp_path)
@@ -141,15 +160,15 @@ def run_cli(*args, env=None):
 
 
 def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path, capsys):
-    _, root = trained
-    ckpt = str(root / "transformer-cosine" / "transformer.pt")
+    overrides, _ = trained
+    ckpt = str(model_path(overrides))
     out = tmp_path / "never.png"
     cases = [
         (["--checkpoint", ckpt, "--schedule", "spiral"], "valid schedules: exponential"),
         (["--checkpoint", ckpt, "--steps", "0"], "between 1 and N=64"),
         (["--checkpoint", ckpt, "--steps", "65"], "between 1 and N=64"),
         (["--checkpoint", ckpt, "--gumbel-temperature", "-1"], "choice_temperature must be >= 0"),
-        (["--checkpoint", str(root / "tokenizer" / "tokenizer.pt")], "wrong checkpoint"),
+        (["--checkpoint", str(model_path(overrides, "tokenizer"))], "wrong checkpoint"),
         (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
     ]
     for args, message in cases:
@@ -184,7 +203,7 @@ def test_guidance_refused_without_class_dropout(fmnist_dir, tmp_path, capsys):
                  "transformer_train.class_dropout=0.0", "tokenizer_train.max_steps=2",
                  "transformer_train.max_steps=2"]
     assert train.main(["all", "--config", SMOKE, "--no-mlflow", *overrides]) == 0
-    ckpt = tmp_path / "fmnist_smoke" / "transformer-cosine" / "transformer.pt"
+    ckpt = model_path(overrides)
     with pytest.raises(SystemExit) as exc:
         sample.main(["--checkpoint", str(ckpt), "--cfg-weight", "2", "--out", str(tmp_path / "g.png")])
     assert exc.value.code == 2 and "class dropout" in capsys.readouterr().err
@@ -206,7 +225,7 @@ def test_missing_dataset_says_three_ways(tmp_path, monkeypatch, capsys):
                     f"runs_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "does not hold Fashion-MNIST" in err and "train-images-idx3-ubyte.gz" in err, err
-    assert not (tmp_path / "runs" / "fmnist_smoke" / "tokenizer" / "tokenizer.pt").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_malformed_config_and_unknown_override(tmp_path, capsys):
@@ -220,18 +239,44 @@ def test_malformed_config_and_unknown_override(tmp_path, capsys):
     assert "not valid YAML" in err[0] and "unknown key tokenizer.chanels; valid keys:" in err[1]
 
 
-def test_resume_from_last_checkpoint(fmnist_dir, tmp_path):
-    """An interrupted transformer run continues from last.ckpt to max_steps, not from scratch."""
-    overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path}", "--no-mlflow"]
-    assert train.main(["all", "--config", SMOKE, *overrides, "transformer_train.max_steps=8"]) == 0
-    d = tmp_path / "fmnist_smoke" / "transformer-cosine"
-    # Simulate an interruption: keep the Lightning checkpoint at step 8, drop the final model file.
-    (d / "transformer.pt").unlink()
-    assert train.main(["transformer", "--config", SMOKE, *overrides, "transformer_train.max_steps=12"]) == 0
-    meta = load_checkpoint(d / "transformer.pt", "transformer")["meta"]
-    assert meta["metrics"]["steps"] == 12
-    ck = torch.load(d / "lightning" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ck["global_step"] == 12
+@pytest.mark.slow  # a training in a subprocess, killed, then resumed
+def test_a_killed_training_resumes_from_its_last_checkpoint(trained, tmp_path):
+    """SIGKILL a transformer training once its resume file exists; the next run continues
+    from that step (its MLflow run logs only the batches after it) and ends at max_steps."""
+    import mlflow
+
+    overrides, root = trained
+    runs = tmp_path / "runs"
+    for src in (model_path(overrides, "tokenizer").parent, root / "tokens"):
+        shutil.copytree(src, runs / "fmnist_smoke" / src.name)
+    mine = [*overrides, f"runs_dir={runs}", f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "transformer_train.max_steps=400", "transformer_train.val_every=40", "transformer_train.batch_size=32"]
+    resume = model_path(mine).parent / "lightning" / "last.ckpt"
+    cmd = [sys.executable, "-m", "maskgit_lab.train", "transformer", "--config", SMOKE, *mine]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ,
+                                                                                           "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 240
+        while not resume.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the checkpoint's atomic write finish
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert resume.is_file() and not model_path(mine).exists(), "killed after the first checkpoint, before the end"
+    killed_at = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < killed_at < 400
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from {resume}" in done.stdout
+    meta = load_checkpoint(model_path(mine), "transformer")["meta"]
+    assert meta["metrics"]["steps"] == 400
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fmnist_smoke")
+    finished = [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    logged = [m.step for m in client.get_metric_history(finished[0].info.run_id, "train/loss")]
+    assert logged and min(logged) >= killed_at - 1, (killed_at, logged[:3])
 
 
 def test_validation_every_val_every_batches_across_epochs(fmnist_dir, tmp_path):
@@ -244,7 +289,8 @@ def test_validation_every_val_every_batches_across_epochs(fmnist_dir, tmp_path):
     assert train.main(["all", "--config", SMOKE, *overrides, *extra]) == 0
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fmnist_smoke")
-    run = next(r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "transformer-cosine")
+    run = next(r for r in client.search_runs([exp.experiment_id])
+               if r.info.run_name.startswith("transformer-cosine-"))
     n_train = len(build_image_datamodule(load_config(SMOKE, overrides).data, 32).dataset("train"))
     assert n_train // 32 < 20, "an epoch must be shorter than val_every for this test"
     steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val/loss")})
@@ -299,7 +345,8 @@ def test_evaluate_reconstructions_needs_only_the_tokenizer(trained, tmp_path, ca
 
     overrides, root = trained
     runs = tmp_path / "runs"
-    shutil.copytree(root / "tokenizer", runs / root.name / "tokenizer", ignore=shutil.ignore_patterns("lightning"))
+    tok_dir = model_path(overrides, "tokenizer").parent
+    shutil.copytree(tok_dir, runs / root.name / tok_dir.name, ignore=shutil.ignore_patterns("lightning"))
     if (root / "evaluator").is_dir():
         shutil.copytree(root / "evaluator", runs / root.name / "evaluator")
     moved = [o for o in overrides if not o.startswith("runs_dir=")] + [f"runs_dir={runs}"]
@@ -309,7 +356,7 @@ def test_evaluate_reconstructions_needs_only_the_tokenizer(trained, tmp_path, ca
     assert not list(runs.glob("*/transformer-*")), "no transformer trained or needed"
     m = json.loads(out.read_text())["metrics"]
     assert 0 <= m["class_consistency"] <= 1 and m["frechet_inception_distance"] >= 0
-    shutil.rmtree(runs / root.name / "tokenizer")
+    shutil.rmtree(runs / root.name / tok_dir.name)
     out.unlink()
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--config", SMOKE, "--source", "reconstructions", "--n", "40", "--out", str(out), *moved])

@@ -8,7 +8,7 @@ import re
 import mlflow
 import pandas as pd
 import pytest
-from smoke import SMOKE, sweep_args
+from smoke import SMOKE, model_path, sweep_args
 
 from maskgit_lab.checkpoints import load_model
 from maskgit_lab.sweeps import comparison, rebuild
@@ -27,8 +27,9 @@ def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     assert list(table["Method"]) == ["MaskGIT (linear, T=2)", "MaskGIT (cosine, T=8)",
                                      "AR baseline (recompute)", "AR baseline (kv-cache)"]
     # the AR model was trained on the same tokens: 64 forward passes, one per token
-    ar, _, ar_meta = load_model(run_dir / "ar-transformer" / "ar_transformer.pt", "ar_transformer")
-    mg, _, mg_meta = load_model(run_dir / "transformer-cosine" / "transformer.pt", "transformer")
+    overrides = trained[0]
+    ar, _, ar_meta = load_model(model_path(overrides, "ar_transformer"), "ar_transformer")
+    mg, _, mg_meta = load_model(model_path(overrides), "transformer")
     assert ar_meta["tokenizer_sha"] == mg_meta["tokenizer_sha"]
     assert list(table["Steps"]) == [2, 8, 64, 64]
     assert table["Params (M)"].iloc[2] == round(ar.num_parameters() / 1e6, 2)
@@ -53,15 +54,15 @@ def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     assert sorted(runs["tags.cell"]) == sorted(f"row={r},seed={s}" for r in comparison.ROWS for s in (0, 1))
     # Table 3's best row samples the model trained with its schedule, the T = 8 row the config's
     from maskgit_lab.io import file_sha256
-    sha = {s: file_sha256(run_dir / f"transformer-{s}" / "transformer.pt") for s in ("linear", "cosine")}
+    sha = {s: file_sha256(model_path(overrides, "transformer", f"transformer_train.schedule={s}"))
+           for s in ("linear", "cosine")}
     for row, s in (("maskgit-best", "linear"), ("maskgit-T8", "cosine")):
         mine = runs[runs["params.row"] == row]
         assert set(mine["params.train_schedule"]) == {s} and set(mine["params.checkpoint_sha"]) == {sha[s]}, row
     assert "Each MaskGIT row samples the transformer trained with its own schedule" in md
     before = (out / "comparison.csv").read_text()
-    (out / "comparison.csv").unlink()
-    assert rebuild.main(["--config", SMOKE, "--out-dir", str(out), *args(trained, tmp_path)[6:]]) == 0
-    assert (out / "comparison.csv").read_text() == before
+    assert rebuild.main(["--config", SMOKE, "--out-dir", str(tmp_path / "rebuilt"), *args(trained, tmp_path)[6:]]) == 0
+    assert (tmp_path / "rebuilt" / "table1" / "comparison.csv").read_text() == before
     # a re-run computes nothing new
     capsys.readouterr()
     assert comparison.main(args(trained, tmp_path, "--best", "linear:2", "sweep.ar_temperature_scan=[0.9,1.1]")) == 0

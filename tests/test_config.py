@@ -72,3 +72,12 @@ def test_decode_mode_has_its_own_seeds_unless_seeds_are_given():
         load_config(path, ["sweep.mode=decode", "sweep.decode_seeds=[1, 1]"])
     with pytest.raises(ConfigError, match=r"sweep.decode_seeds\[0\] must be an integer"):
         load_config(path, ["sweep.decode_seeds=[x]"])
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1E-4", 1e-4), (".5", 0.5), ("5.", 5.0), ("2.5e-3", 2.5e-3)])
+def test_numbers_as_people_write_them(tmp_path, text, value):
+    """YAML 1.1 reads 1e-3 as a string; in a config file and on the command line it is a number."""
+    assert load_config("experiments/fmnist.yaml", [f"transformer_train.lr={text}"]).transformer_train.lr == value
+    f = tmp_path / "c.yaml"
+    f.write_text(f"transformer_train:\n  lr: {text}\n")
+    assert load_config(f).transformer_train.lr == value

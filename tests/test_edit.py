@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from smoke import SMOKE, sweep_args
+from smoke import SMOKE, model_path, sweep_args
 
 from maskgit_lab import edit
 from maskgit_lab.decoding import regions
@@ -61,7 +61,7 @@ def test_edit_keeps_every_known_token():
 
 def test_edit_command_and_bad_input(trained, tmp_path, capsys):
     overrides, run_dir = trained
-    ckpt = str(run_dir / "transformer-cosine" / "transformer.pt")
+    ckpt = str(model_path(overrides))
     out, process = tmp_path / "edit.png", tmp_path / "steps.png"
     base = ["--config", SMOKE, "--checkpoint", ckpt]
     # an image file of another size: padded (smaller) or resized (larger) to the tokenizer's 32 px

@@ -39,9 +39,10 @@ def test_the_default_config_asks_for_auto_and_rejects_unknown_precisions():
         load_config("experiments/fmnist.yaml", ["inference_precision=half"])
 
 
-def test_large_tensors_reuse_freed_memory_in_a_subprocess():
-    """With the package imported, a second large buffer reuses the first one's pages (no page
-    faults); with the setting off, every large buffer faults its pages in again."""
+def test_large_tensors_reuse_freed_memory_in_a_configured_process_and_import_changes_nothing():
+    """In a process a command configured, a second large buffer reuses the first one's pages
+    (no page faults); with the setting off, or with the package only imported, every large
+    buffer faults its pages in again, and importing leaves the environment as it was."""
     import os
     import platform
     import subprocess
@@ -50,7 +51,12 @@ def test_large_tensors_reuse_freed_memory_in_a_subprocess():
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator setting is for glibc Linux")
     probe = (
-        "import resource, torch, maskgit_lab\n"
+        "import os, resource, sys, torch, lightning.pytorch, mlflow, optuna, pandas, matplotlib.pyplot, scipy.stats\n"
+        "import torch_fidelity, torchvision\n"
+        "env = dict(os.environ)\n"
+        "import maskgit_lab.process, maskgit_lab.sweeps.schedule_ablation, maskgit_lab.train\n"
+        "untouched = dict(os.environ) == env\n"
+        "kept = maskgit_lab.process.configure() if sys.argv[1] == 'configure' else False\n"
         "def faults():\n"
         "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "def step(i):\n"  # a sampling step's pattern: large buffers of varying sizes, freed
@@ -58,14 +64,18 @@ def test_large_tensors_reuse_freed_memory_in_a_subprocess():
         "for i in range(10): step(i)\n"
         "before = faults()\n"
         "for i in range(10, 20): step(i)\n"
-        "print(maskgit_lab.KEPT_FREED_MEMORY, faults() - before)\n"
+        "print(untouched, kept, os.environ.get('MLFLOW_DISABLE_TELEMETRY'), faults() - before)\n"
     )
     out = {}
-    for setting in ("1", "0"):
-        env = {**os.environ, "MASKGIT_KEEP_FREED_MEMORY": setting}
-        res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-        kept, faults = res.stdout.split()
-        out[setting] = (kept, int(faults))
-    assert out["1"][0] == "True" and out["0"][0] == "False"
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS")}
+    for case, setting in (("configure", "1"), ("configure", "0"), ("import", "1")):
+        res = subprocess.run([sys.executable, "-c", probe, case], env={**clean, "MASKGIT_KEEP_FREED_MEMORY": setting},
+                             capture_output=True, text=True, check=True)
+        untouched, kept, telemetry, faults = res.stdout.split()
+        out[case, setting] = (untouched, kept, telemetry, int(faults))
+    assert [v[0] for v in out.values()] == ["True"] * 3, "importing the package (after the libraries it uses) " \
+        "changes no environment variable"
+    assert out["configure", "1"][1:3] == ("True", "true") and out["configure", "0"][1:3] == ("False", "true")
+    assert out["import", "1"][1:3] == ("False", "None")
     pages = 10 * 160_000_000 // 4096  # 10 steps of 160 MB
-    assert out["1"][1] < pages // 100 < pages // 2 < out["0"][1]
+    assert out["configure", "1"][3] < pages // 100 < pages // 2 < min(out["configure", "0"][3], out["import", "1"][3])

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from smoke import SMOKE
+from smoke import SMOKE, model_path
 
 from maskgit_lab import train
 from maskgit_lab.config import load_config
@@ -20,7 +20,7 @@ from maskgit_lab.sweeps import schedule_ablation
 def test_shards_resume_and_train_the_transformer_without_images(trained, tmp_path):
     overrides, run_dir = trained
     cfg = load_config(SMOKE, overrides)
-    tok_file = run_dir / "tokenizer" / "tokenizer.pt"
+    tok_file = model_path(overrides, "tokenizer")
     out = tmp_path / "shards"
     index = json.loads(write_shards(cfg, tok_file, "train", out, shard_size=200).read_text())
     assert [s["count"] for s in index["shards"]] == [200, 200, 100] and index["total"] == 500
@@ -45,8 +45,7 @@ def test_shards_resume_and_train_the_transformer_without_images(trained, tmp_pat
     assert train.main(["transformer", "--no-mlflow", "--config", *shard_run]) == 0
     from maskgit_lab.checkpoints import load_model
 
-    runs = next(o for o in overrides if o.startswith("runs_dir=")).split("=", 1)[1]
-    model, mcfg, meta = load_model(f"{runs}/from_shards/transformer-cosine/transformer.pt", "transformer")
+    model, mcfg, meta = load_model(model_path(shard_run[1:], "transformer"), "transformer")
     assert meta["tokenizer_sha"] == index["tokenizer_sha"] and model.cfg.num_tokens == 64
 
 
@@ -64,8 +63,10 @@ def test_ddp_on_two_cpu_processes(fmnist_dir, tmp_path):
         assert proc.returncode == 0, log[-3000:]
         assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
         assert "MEMBER: 2/2" in log
-    for f in ("tokenizer/tokenizer.pt", "transformer-cosine/transformer.pt", "ar-transformer/ar_transformer.pt"):
-        assert (runs / "fmnist_smoke" / f).is_file(), f
+    done = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}", "tokenizer_train.max_steps=4",
+            "transformer_train.max_steps=4"]
+    for kind in ("tokenizer", "transformer", "ar_transformer"):
+        assert model_path(done, kind).is_file(), kind
 
 
 def test_ablation_from_imported_weights_on_an_imagefolder(tmp_path):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from smoke import SMOKE
 
-from maskgit_lab.checkpoints import load_checkpoint, run_paths
+from maskgit_lab.checkpoints import load_checkpoint
 from maskgit_lab.config import load_config
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.identity import model_file
 from maskgit_lab.lit.pool import plan_workers
 from maskgit_lab.sweeps.common import ensure_models, schedule_config
 
@@ -43,10 +44,11 @@ def test_missing_transformers_train_side_by_side_then_are_reused(smoke_overrides
     assert "training 2 transformers, 2 at a time with" in out
     for schedule in ("cosine", "linear"):
         # each worker's output comes back under its model's name, ending with its saved model
-        assert f"[transformer-{schedule}] transformer-{schedule}: val loss" in out
+        name = model_file(schedule_config(cfg, schedule), "transformer").parent.name
+        assert f"[{name}] {name}: val loss" in out
         payload = load_checkpoint(files[schedule], "transformer")
         assert payload["config"]["transformer_train"]["schedule"] == schedule
-        assert files[schedule] == run_paths(schedule_config(cfg, schedule)).transformer_file
+        assert files[schedule] == model_file(schedule_config(cfg, schedule), "transformer")
     mtimes = {s: f.stat().st_mtime_ns for s, f in files.items()}
 
     assert ensure_models(cfg, ["cosine", "linear"], log=False) == files
@@ -64,6 +66,7 @@ def test_a_failing_worker_is_one_error_naming_the_model(smoke_overrides, capsys)
         ensure_models(cfg, ["cosine", "linear"], log=False)
     message = str(info.value)
     for schedule in ("cosine", "linear"):
-        assert f"training transformer-{schedule} failed: the training split holds" in message
-        assert not run_paths(schedule_config(cfg, schedule)).transformer_file.exists()
+        name = model_file(schedule_config(cfg, schedule), "transformer").parent.name
+        assert f"training {name} failed: the training split holds" in message
+        assert not model_file(schedule_config(cfg, schedule), "transformer").exists()
     assert "\n" not in message

@@ -3,6 +3,7 @@ SIGKILL, two workers on one study, tables rebuilt from MLflow, and bad arguments
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from scipy import stats
-from smoke import SMOKE, sweep_args
+from smoke import SMOKE, model_path, sweep_args
 
 from maskgit_lab.sweeps import rebuild, schedule_ablation
 
@@ -50,14 +51,13 @@ def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys)
     assert set(summary["schedules"]) == {"cosine", "linear", "exponential"} and summary["mode"] == "train"
     md = (out / "schedule_ablation.md").read_text()
     assert "per-schedule training" in md and "paper FID" in md and "paired t-test" in md
-    assert "cover sampling only" in md and "maskgit_lab.sweeps.trainings" in md, \
+    assert "cover sampling only" in md and "--trainings K" in md, \
         "the caption says training variation is not in the intervals, and what measures it"
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "γ" not in line]
     assert rows == ["Exponential", "Cosine", "Linear", "real validation images (floor)",
                     "tokenizer reconstructions (ceiling)"], "Table 3's row order, then the reference rows"
-    _, run_dir = trained
     for s in ("cosine", "linear", "exponential"):  # the paper's design: one model trained per schedule
-        assert (run_dir / f"transformer-{s}" / "transformer.pt").is_file()
+        assert model_path(trained[0], "transformer", f"transformer_train.schedule={s}").is_file()
     # every interval is the 95% t interval of the per-seed cells (recomputed independently)
     raw = pd.read_csv(out / "schedule_ablation_cells.csv")
     for (sched, t), g in raw[raw["schedule"].notna()].groupby(["schedule", "steps"]):
@@ -79,12 +79,11 @@ def test_ablation_outputs_and_rerun_reuses_every_cell(trained, tmp_path, capsys)
     assert "[1/" not in capsys.readouterr().out, "a finished sweep recomputes nothing"
     assert finished_cells(tmp_path) == cells and (out / "schedule_ablation.csv").read_text() == first
 
-    # The tables rebuild from MLflow alone, to the same numbers.
-    (out / "schedule_ablation.csv").unlink()
+    # The tables rebuild from MLflow alone, to the same numbers, in the kind's folder under the root.
     overrides, _ = trained
-    assert rebuild.main(["--config", SMOKE, "--out-dir", str(out), *overrides,
+    assert rebuild.main(["--config", SMOKE, "--out-dir", str(tmp_path / "rebuilt"), *overrides,
                         f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
-    assert (out / "schedule_ablation.csv").read_text() == first
+    assert (tmp_path / "rebuilt" / "table3" / "schedule_ablation.csv").read_text() == first
 
 
 def test_growing_the_grid_measures_only_the_new_cells(trained, tmp_path, capsys):
@@ -226,3 +225,61 @@ def test_cells_of_older_sampler_numerics_are_not_reused(monkeypatch):
     assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) == before
     monkeypatch.setattr(common, "NUMERICS_REVISION", common.NUMERICS_REVISION + 1)
     assert common.sweep_id(cfg, "schedule_ablation", grid_keys=("seeds",)) != before
+
+
+@pytest.mark.slow  # two worker processes train six smoke models and measure their cells
+def test_table_over_trainings_by_two_workers_then_grown_and_rebuilt(trained, tmp_path, capsys):
+    """--trainings 2: two workers share the units (training, schedule) through one SQLite study;
+    every model is trained once, every cell measured once; the pooled intervals are the hand
+    computation's. --trainings 3 then measures only training 2, and the table rebuilds from the
+    recorded cells alone."""
+    overrides, root = trained
+    runs = tmp_path / "runs"
+    for src in (model_path(overrides, "tokenizer").parent, root / "tokens"):
+        shutil.copytree(src, runs / "fmnist_smoke" / src.name)
+    mine = [o for o in overrides if not o.startswith("runs_dir=")] + [f"runs_dir={runs}"]
+    args = ["--config", SMOKE, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir",
+            str(tmp_path / "results"), *mine, f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "sweeps/schedule_ablation.py", "--trainings", "2", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    trained_here = [line for log in logs for line in log.splitlines() if ": val loss" in line]
+    assert len(trained_here) == 6, "each of the 2 x 3 models trained once, by one of the workers"
+    assert all(any("training " in line and "mean FID" in line and "(recorded)" not in line
+                   for line in log.splitlines()) for log in logs), "both workers took units"
+    out = tmp_path / "results"
+    cells = pd.read_csv(out / "cells.csv")
+    sched = cells[cells["schedule"].notna()]
+    assert len(sched) == 2 * 3 * 2 * 2 and not sched.duplicated(["training", "schedule", "steps", "seed"]).any()
+    assert sorted(cells["reference_row"].dropna()) == ["real", "real", "reconstruction", "reconstruction"]
+    assert len(finished_cells(tmp_path)) == len(cells) == len(set(finished_cells(tmp_path)))
+    # the pooled intervals by hand: k = 2 trainings, the common sigma_b
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trainings"] == 2 and summary["intervals"] == "common"
+    for t in (2, 4):
+        g = sched[sched["steps"] == t]
+        m = g.groupby(["schedule", "training"])["fid"].mean().unstack()
+        se2 = (g.groupby(["schedule", "training"])["fid"].var() / 2).unstack()
+        resid = m.to_numpy() - m.to_numpy().mean(1, keepdims=True) - m.to_numpy().mean(0, keepdims=True) + m.to_numpy().mean()
+        sb2 = max(0.0, (resid ** 2).sum() / 2 - se2.to_numpy().mean())
+        half = stats.t.ppf(0.975, 2) * np.sqrt(sb2 / 2 + se2.sum(1) / 4)
+        for s in m.index:
+            row = summary["schedules"][s][str(t)]
+            assert row["mean"] == pytest.approx(m.loc[s].mean()) and row["half"] == pytest.approx(half[s])
+    first = (out / "schedule_ablation.md").read_text()
+    assert "over 2 trainings" in first and "SD T=2" in first
+
+    # grown to three trainings: trainings 0 and 1 come from the record, only training 2 is trained
+    capsys.readouterr()
+    assert schedule_ablation.main(["--trainings", "3", *args]) == 0
+    log = capsys.readouterr().out
+    assert log.count("(recorded)") == 6 and log.count(": val loss") == 3
+    assert len(list((runs / "fmnist_smoke").glob("transformer-*-seed2-*"))) == 3
+    assert json.loads((out / "summary.json").read_text())["intervals"] == "own"
+    grown = (out / "schedule_ablation.md").read_text()
+    # the table rebuilds from the results folder alone, to the same text
+    (out / "schedule_ablation.md").unlink()
+    assert rebuild.main(["--cells", str(out)]) == 0
+    assert (out / "schedule_ablation.md").read_text() == grown

@@ -1,16 +1,9 @@
-"""Keep freed memory in the process (glibc's allocator), so large tensors reuse pages.
+"""Keep freed memory in the process (glibc's allocator), so large tensors reuse their pages.
 
-By default glibc serves every allocation above a (dynamic) threshold of up to 32 MiB with a
-fresh ``mmap`` and returns it to the system when freed: each of the sampler's [M, 1024]
-float buffers (64 MB at batch 250) then costs ~16,000 page faults that zero the pages
-again, at every step. Measured on a 2-core AMD EPYC Zen 5 (bf16): a T = 8 decode of 250
-images 0.91 s -> 0.73 s, a full-grid transformer forward 108 -> 84 ms, system time 1.9 s
--> 0.5 s; a sampling forward no faster compiled than eager once this is on. The cost:
-the process keeps its peak heap instead of returning it (a loop of such buffers settles at
-~1.4x the bytes it holds at once, then faults no more; tests/test_hardware.py).
-
-Applied when the package is imported (glibc Linux only; elsewhere nothing changes);
-``MASKGIT_KEEP_FREED_MEMORY=0`` turns it off.
+glibc serves each large allocation with a fresh ``mmap`` and returns it when freed, so every
+sampling step's large buffers fault their (zeroed) pages in again; with this setting they
+reuse the heap. The process then keeps its peak heap. Applied by the commands
+(``maskgit_lab.process``) on glibc Linux; ``MASKGIT_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations

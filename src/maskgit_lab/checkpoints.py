@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +111,10 @@ def load_models(checkpoint: str | Path, tokenizer: str | Path | None = None, dev
     """-> (transformer, tokenizer, config, transformer meta), checking they belong together."""
     transformer, cfg, meta = load_model(checkpoint, "transformer")
     # without --tokenizer: the path recorded at training (relative to that run's working
-    # directory), else the tokenizer beside the checkpoint in its runs/<experiment>/ layout
+    # directory), else a tokenizer beside the checkpoint's folder in its experiment's folder
+    beside = sorted(Path(checkpoint).resolve().parent.parent.glob("tokenizer*/tokenizer.pt"))
     candidates = [Path(tokenizer)] if tokenizer is not None else list(dict.fromkeys(
-        (Path(meta["tokenizer_file"]), Path(checkpoint).parent.parent / "tokenizer" / "tokenizer.pt")))
+        (Path(meta["tokenizer_file"]), *beside)))
     found = {p: tokenizer_identity(p) for p in candidates if p.is_file()}
     if not found:
         raise ConfigError(f"tokenizer {str(candidates[0])!r} of {checkpoint} not found; pass --tokenizer PATH")
@@ -133,51 +133,3 @@ def load_models(checkpoint: str | Path, tokenizer: str | Path | None = None, dev
 def tokenizer_identity(path: str | Path) -> str:
     """Content key of a tokenizer file: what token caches and transformers are tied to."""
     return file_sha256(path)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where an experiment's stages write their files: runs/<experiment>/..."""
-
-    root: Path
-    schedule: str
-    # the training seed: replicates of a transformer or the AR baseline (seed != 0) live side by side
-    seed: int = 0
-    # transformer_train.blank_share: a transformer trained with whole-masked rows has a folder of its own
-    blank_share: float = 0.0
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def tokenizer_file(self) -> Path:
-        return self.tokenizer_dir / "tokenizer.pt"
-
-    @property
-    def _seed_suffix(self) -> str:
-        return f"-seed{self.seed}" if self.seed else ""
-
-    @property
-    def transformer_dir(self) -> Path:
-        recipe = f"-blank{self.blank_share:g}" if self.blank_share else ""
-        return self.root / f"transformer-{self.schedule}{recipe}{self._seed_suffix}"
-
-    @property
-    def transformer_file(self) -> Path:
-        return self.transformer_dir / "transformer.pt"
-
-    @property
-    def ar_dir(self) -> Path:
-        return self.root / f"ar-transformer{self._seed_suffix}"
-
-    @property
-    def ar_file(self) -> Path:
-        return self.ar_dir / "ar_transformer.pt"
-
-
-def run_paths(cfg: ExperimentConfig) -> RunPaths:
-    """The files of ``cfg``'s experiment (its transformer: the one trained with its schedule
-    training seed and share of whole-masked rows)."""
-    t = cfg.transformer_train
-    return RunPaths(cfg.run_dir, t.schedule, t.seed, t.blank_share)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,25 @@ from maskgit_lab.hardware import INFERENCE_PRECISIONS, PRECISIONS
 from maskgit_lab.models.transformer import TransformerConfig
 from maskgit_lab.models.vqgan import TokenizerConfig
 
+
+class YamlLoader(yaml.SafeLoader):
+    """YAML as people write configs: ``1e-3``, ``1E-4``, ``.5`` and ``5.`` are numbers (YAML 1.1
+    reads the first two as strings)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader with one more number form
+
+
+MAX_TRAININGS = 1000
 # Feature extractors for the metrics, by name (eval.metrics.EXTRACTORS builds each one).
 EXTRACTOR_NAMES = ("fmnist-evaluator", "inception-v3-compat")
 
@@ -141,6 +161,9 @@ class SweepConfig:
     # train: one transformer trained per schedule (the paper's design); decode: one model,
     # the schedule varies at sampling only
     mode: str = "train"
+    # Table 3 over this many trainings of every schedule's transformer (training seeds 0..K-1);
+    # 0: one training, the config's transformer_train.seed
+    trainings: int = 0
     batch_size: int = 250  # sampling batch: the fastest per image on the 2-core CPU (benchmarks/roofline.py)
     nll_sequences: int = 2000  # held-out test token grids for the NLL column
     grid_per_class: int = 4  # images per class in each cell's sample-grid artifact
@@ -271,7 +294,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = read_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
         _set_path(tree, key.strip(), value)
@@ -295,7 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             hint = f"; available: {', '.join(found)}" if found else ""
             raise ConfigError(f"config file {str(p)!r} not found{hint}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = read_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -388,6 +411,9 @@ def validate(cfg: ExperimentConfig) -> None:
     sw.tune_schedule = canonical_name(sw.tune_schedule)
     if sw.mode not in ("decode", "train"):
         raise ConfigError(f"unknown sweep.mode {sw.mode!r}; valid: decode, train")
+    if sw.trainings and not 2 <= sw.trainings <= MAX_TRAININGS:
+        raise ConfigError(f"sweep.trainings={sw.trainings}: a table over trainings needs 2 to {MAX_TRAININGS} of "
+                          "them (0: one training)")
     if not sw.schedules or not sw.steps:
         raise ConfigError("sweep.schedules and sweep.steps must not be empty")
     if len(set(sw.schedules)) != len(sw.schedules) or len(set(sw.steps)) != len(sw.steps):

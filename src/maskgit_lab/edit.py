@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
-from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.checkpoints import load_models
 from maskgit_lab.cli import add_decode_arguments, add_device_argument, decode_config_from_args
 from maskgit_lab.config import load_config
 from maskgit_lab.data import class_names
@@ -29,6 +29,7 @@ from maskgit_lab.decoding.generate import codes_to_images
 from maskgit_lab.decoding.regions import SIDES, box_region, center_box, edit_codes, side_region
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.figures import decoding_process_figure, edit_figure, masked_overlay
+from maskgit_lab.identity import model_file
 from maskgit_lab.io import check_output
 
 Tensor = torch.Tensor
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.process:
         check_output(args.process, "--process")
     cfg = load_config(args.config)
-    ckpt = args.checkpoint or str(run_paths(cfg).transformer_file)
+    ckpt = args.checkpoint or str(model_file(cfg, "transformer"))
     if not Path(ckpt).is_file():
         raise ConfigError(f"no trained transformer at {ckpt}: run `python -m maskgit_lab.train all` first, "
                           "or pass --checkpoint")

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from maskgit_lab.process import configure
+
 F = TypeVar("F", bound=Callable[..., int | None])
 
 # Operating-system errors that are the user's environment, not a bug: reported in one line.
@@ -25,11 +27,13 @@ class ConfigError(ValueError):
 
 
 def cli_errors(fn: F) -> F:
-    """Wrap a command's ``main``: a ConfigError, or an OSError of the user's files (disk full,
-    permission, missing path), becomes one line on stderr and exit 2; Ctrl-C one line and 130."""
+    """Wrap a command's ``main``: the process is configured first (``maskgit_lab.process``);
+    a ConfigError, or an OSError of the user's files (disk full, permission, missing path),
+    becomes one line on stderr and exit 2; Ctrl-C one line and 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        configure()
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:

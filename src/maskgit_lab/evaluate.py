@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_lab.checkpoints import load_model, load_models, run_paths
+from maskgit_lab.checkpoints import load_model, load_models
 from maskgit_lab.cli import add_decode_arguments, add_device_argument, decode_config_from_args
 from maskgit_lab.config import EXTRACTOR_NAMES, check_extractor, load_config
 from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
@@ -32,6 +32,7 @@ from maskgit_lab.eval.evaluator import classification_accuracy_score
 from maskgit_lab.eval.metrics import CLASS_CONSISTENCY, METRIC_KEYS
 from maskgit_lab.eval.nll import masked_token_nll
 from maskgit_lab.hardware import autocast, dtype_name, inference_dtype
+from maskgit_lab.identity import model_file
 from maskgit_lab.io import atomic_write_text, check_output, git_commit
 
 SOURCES = ("samples", "reconstructions", "train")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     check_extractor(args.extractor or cfg.evaluator.extractor)
     if args.cas and cfg.data.name != "fmnist":
         raise ConfigError("--cas trains the Fashion-MNIST evaluator's classifier; it needs data.name=fmnist")
-    ckpt = args.checkpoint or str(run_paths(cfg).transformer_file)
+    ckpt = args.checkpoint or str(model_file(cfg, "transformer"))
     # the experiment's own reconstructions need its tokenizer only (no transformer trained yet)
     tokenizer_only = args.source == "reconstructions" and not args.nll and not args.checkpoint
     needs_model = (args.source != "train" or args.nll) and not tokenizer_only
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(ckpt, device=args.device) if needs_model else None
     tok = models[1] if models is not None else None
     if tokenizer_only:
-        tok_file = run_paths(cfg).tokenizer_file
+        tok_file = model_file(cfg, "tokenizer")
         if not tok_file.is_file():
             raise ConfigError(f"no trained tokenizer at {tok_file}: run `python -m maskgit_lab.train tokenizer` first")
         tok = load_model(tok_file, "tokenizer")[0].to(args.device)

@@ -36,20 +36,32 @@ def default_device() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
+    """The CPU's model name with its family and model numbers from /proc/cpuinfo, e.g.
+    ``AMD EPYC (family 26, model 2)`` (else what platform knows)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def machine_model(device: str) -> str:
+    """The processor that runs ``device``'s work: the GPU's name, else the CPU's model."""
+    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else cpu_model()
 
 
 def machine_name(device: str) -> str:
     """A short description of the machine the timings come from."""
     if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name()
+        return machine_model(device)
     return f"{cpu_model()}, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible)"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.checkpoints import load_models
 from maskgit_lab.cli import add_decode_arguments, add_device_argument, decode_config_from_args
 from maskgit_lab.config import load_config
 from maskgit_lab.data import class_names
@@ -27,6 +27,7 @@ from maskgit_lab.decoding.generate import (
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.figures import decoding_process_figure, masked_overlay, sample_grid_figure
 from maskgit_lab.hardware import dtype_name, inference_dtype
+from maskgit_lab.identity import model_file
 from maskgit_lab.io import check_output
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.checkpoint is None:
         exp = load_config(args.config)
-        args.checkpoint = str(run_paths(exp).transformer_file)
+        args.checkpoint = str(model_file(exp, "transformer"))
         if not Path(args.checkpoint).is_file():
             raise ConfigError(
                 f"no trained transformer at {args.checkpoint}: run `python -m maskgit_lab.train all "

@@ -220,8 +220,9 @@ def _store_error(uri: str, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot use the MLflow tracking store {redact_url(uri)!r}: {redact_url(reason)}")
 
 
-def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str) -> pd.DataFrame:
-    """Finished cell runs of a sweep: one row per run, params and metrics as columns."""
+def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str, allow_empty: bool = False) -> pd.DataFrame:
+    """Finished cell runs of a sweep: one row per run, params and metrics as columns (none is a
+    one-line error unless ``allow_empty``)."""
     try:
         mlflow.set_tracking_uri(tracking_uri)
         df = mlflow.search_runs(
@@ -231,6 +232,8 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str) -> pd.DataFram
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
         raise _store_error(tracking_uri, exc) from None
     if df.empty:
+        if allow_empty:
+            return pd.DataFrame()
         raise ConfigError(f"no finished runs of sweep {sweep_id!r} in MLflow experiment {experiment!r}")
     out = pd.DataFrame({c[len("params."):]: df[c] for c in df.columns if c.startswith("params.")})
     for c in df.columns:

@@ -31,7 +31,6 @@ from maskgit_lab.checkpoints import (
     load_checkpoint,
     load_model,
     load_weights,
-    run_paths,
     save_model,
     tokenizer_identity,
 )
@@ -41,6 +40,7 @@ from maskgit_lab.data.shards import ShardDataModule
 from maskgit_lab.data.tokens import TokenDataModule, build_token_cache, cache_path, load_token_cache
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.hardware import resolve_precision, training_device
+from maskgit_lab.identity import MODEL_FILES, model_dir, model_file
 from maskgit_lab.io import atomic_write_text
 from maskgit_lab.lit.ar import ARModule
 from maskgit_lab.lit.mvtm import MVTMModule
@@ -77,8 +77,7 @@ def _check_same_settings(path: Path, kind: str, cfg: ExperimentConfig, sections:
     diff = _settings_diff(payload["config"], cfg, sections, ignore)
     if diff:
         raise ConfigError(
-            f"{path} was trained with other settings ({', '.join(diff[:6])}); pass --force to retrain "
-            "it, or choose another experiment name (name=...)"
+            f"{path} was trained with other settings ({', '.join(diff[:6])}); pass --force to retrain it"
         )
     return payload
 
@@ -188,11 +187,11 @@ def _finish(stage_dir: Path, logger, metrics: dict) -> None:
 
 def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True) -> dict:
     """Train (or reuse) the tokenizer; returns its test-set reconstruction metrics."""
-    paths = run_paths(cfg)
-    d = paths.tokenizer_dir
-    if paths.tokenizer_file.is_file() and not force:
-        payload = _check_same_settings(paths.tokenizer_file, "tokenizer", cfg, TOKENIZER_SECTIONS)
-        print(f"tokenizer: reusing {paths.tokenizer_file}")
+    d = model_dir(cfg, "tokenizer")
+    file = d / MODEL_FILES["tokenizer"]
+    if file.is_file() and not force:
+        payload = _check_same_settings(file, "tokenizer", cfg, TOKENIZER_SECTIONS)
+        print(f"tokenizer: reusing {file}")
         return payload["meta"]["metrics"]
     if force and d.exists():
         shutil.rmtree(d)
@@ -209,7 +208,7 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
         raise ConfigError(f"the training split holds {len(dm.dataset('train'))} images, fewer than one batch of "
                           f"tokenizer_train.batch_size={t.batch_size}: lower the batch size or use more data")
     module = TokenizerModule(cfg)
-    logger = mlflow_logger_or_none(cfg, "tokenizer", log)
+    logger = mlflow_logger_or_none(cfg, d.name, log, "tokenizer")
     # Manual optimization: the module stops itself after max_steps batches.
     choice = stage_precision(cfg, t.precision, "tokenizer", logger)
     trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches, choice["precision"])
@@ -222,10 +221,10 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
         metrics = evaluate_reconstruction(model, dm.dataset("test"))
         metrics.update(train_seconds=round(seconds, 1), steps=int(module.batches_done),
                        parameters=sum(p.numel() for p in model.parameters()))
-        save_model(paths.tokenizer_file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test", **choice})
+        save_model(file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test", **choice})
         _finish(d, logger, metrics)
         print(f"tokenizer: test PSNR {metrics['psnr']:.2f} dB, code usage {metrics['code_usage']:.1%}, "
-              f"{seconds:.0f} s -> {paths.tokenizer_file}")
+              f"{seconds:.0f} s -> {file}")
         return metrics
 
     return _on_rank_zero(trainer, write)
@@ -240,21 +239,22 @@ def _on_rank_zero(trainer, write) -> dict:
     return out
 
 
-def mlflow_logger_or_none(cfg: ExperimentConfig, run_name: str, log: bool):
+def mlflow_logger_or_none(cfg: ExperimentConfig, run_name: str, log: bool, stage: str):
+    """The stage's MLflow logger (a run named after the model's folder), or None."""
     if not log:
         return None
-    return tracking.mlflow_logger(cfg, run_name, tags={"stage": run_name})
+    return tracking.mlflow_logger(cfg, run_name, tags={"stage": stage})
 
 
 def tokenize(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Encode every split with the trained tokenizer once; returns the cache path. ``force``
     encodes again even when a cache exists."""
-    paths = run_paths(cfg)
-    if not paths.tokenizer_file.is_file():
-        raise ConfigError(f"no tokenizer at {paths.tokenizer_file}: run `python -m maskgit_lab.train tokenizer` first")
-    _check_same_settings(paths.tokenizer_file, "tokenizer", cfg, TOKENIZER_SECTIONS)
-    tok, _, _ = load_model(paths.tokenizer_file, "tokenizer")
-    sha = tokenizer_identity(paths.tokenizer_file)
+    tok_file = model_file(cfg, "tokenizer")
+    if not tok_file.is_file():
+        raise ConfigError(f"no tokenizer at {tok_file}: run `python -m maskgit_lab.train tokenizer` first")
+    _check_same_settings(tok_file, "tokenizer", cfg, TOKENIZER_SECTIONS)
+    tok, _, _ = load_model(tok_file, "tokenizer")
+    sha = tokenizer_identity(tok_file)
     if force:
         cache_path(cfg.run_dir, sha, cfg.data).unlink(missing_ok=True)
     dm = build_image_datamodule(cfg.data, 256)
@@ -269,9 +269,8 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     autoregressive baseline: same network, causal, raster order, same training settings).
     """
     Module = ARModule if kind == "ar_transformer" else MVTMModule
-    paths = run_paths(cfg)
-    d, file = (paths.ar_dir, paths.ar_file) if kind == "ar_transformer" else (paths.transformer_dir,
-                                                                             paths.transformer_file)
+    d = model_dir(cfg, kind)
+    file = d / MODEL_FILES[kind]
     name = d.name
     t = cfg.transformer_train
     shards = None
@@ -279,7 +278,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
         shards = ShardDataModule(cfg.data.token_shards, t.batch_size, cfg.data.num_workers)
         tok_file = Path(shards.tokenizer_file)
     else:
-        tok_file = paths.tokenizer_file
+        tok_file = model_file(cfg, "tokenizer")
     if file.is_file() and not force:
         # the masking schedule does not touch the autoregressive baseline
         ignore = ("schedule",) if kind == "ar_transformer" else ()
@@ -306,7 +305,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
         raise ConfigError(f"the training split holds {len(tdm.dataset('train'))} token grids, fewer than one batch "
                           f"of transformer_train.batch_size={t.batch_size}: lower the batch size or use more data")
     module = Module(cfg)
-    logger = mlflow_logger_or_none(cfg, name, log)
+    logger = mlflow_logger_or_none(cfg, name, log, kind)
     choice = stage_precision(cfg, t.precision, name, logger)
     trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches, choice["precision"])
     trainer.gradient_clip_val = t.grad_clip or None

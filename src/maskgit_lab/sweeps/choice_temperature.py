@@ -23,8 +23,9 @@ import torch
 from maskgit_lab.decoding.generate import generate_codes
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.figures import save_figure
-from maskgit_lab.sweeps.common import Sweep, decode_params, interval, pm, sweep_main
-from maskgit_lab.sweeps.tables import write_table
+from maskgit_lab.stats import interval
+from maskgit_lab.sweeps.common import Sweep, decode_params, sweep_main
+from maskgit_lab.sweeps.tables import pm, write_table
 
 GUMBEL_SD = math.pi / math.sqrt(6)
 DEFAULT_TAUS = "0,0.25,0.5,1,2,4.5"
@@ -44,6 +45,7 @@ class ChoiceTemperature(Sweep):
     kind = "choice_temperature"
     title = "Scan the Gumbel (choice) temperature of the decoder and compare log p's spread with the noise's."
     table_file = "choice_temperature.md"
+    folder = "choice_temperature"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

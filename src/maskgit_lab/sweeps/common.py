@@ -27,11 +27,10 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import Trial, TrialState
-from scipy import stats
 
-from maskgit_lab.checkpoints import load_models, run_paths
+from maskgit_lab.checkpoints import load_models
 from maskgit_lab.cli import add_device_argument
-from maskgit_lab.config import ExperimentConfig, load_config, to_dict
+from maskgit_lab.config import ExperimentConfig, load_config
 from maskgit_lab.data import class_names
 from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
 from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig
@@ -40,7 +39,8 @@ from maskgit_lab.eval import metrics as M
 from maskgit_lab.eval.evaluation import Evaluation, held_out_codes
 from maskgit_lab.eval.nll import masked_token_nll
 from maskgit_lab.figures import sample_grid_figure
-from maskgit_lab.hardware import dtype_name, inference_dtype
+from maskgit_lab.hardware import dtype_name, inference_dtype, machine_model
+from maskgit_lab.identity import model_dir, model_file, numeric_settings
 from maskgit_lab.io import check_output_dir, content_key, file_sha256, git_commit, redact_url
 from maskgit_lab.lit.pool import plan_workers, train_in_parallel
 from maskgit_lab.lit.stages import tokenize, train_tokenizer, train_transformer
@@ -58,31 +58,17 @@ TIMING_NOTE = ("s/img: wall time to produce the images (transformer decoding and
                "feature extraction and metrics excluded)")
 
 
-# section -> settings added to the config after sweeps had been measured
-LATER_SETTINGS = {"transformer_train": ("blank_share",)}
-
-
 def sweep_id(cfg: ExperimentConfig, kind: str, extra: dict | None = None, grid_keys: Iterable[str] = ()) -> str:
-    """Content key of a sweep: everything that changes its numbers (not paths or URIs).
+    """Content key of a sweep: every setting that changes its numbers (``numeric_settings``),
+    what ``extra`` adds (the model files' hashes) and the sampler's ``NUMERICS_REVISION``.
 
     ``grid_keys`` (settings under ``sweep``) only choose which cells run, not what a cell
     measures: they are left out, so a sweep grown by more seeds or steps keeps its id and
-    its finished cells. The sampler's ``NUMERICS_REVISION`` is part of the key."""
-    d = to_dict(cfg)
-    for k in ("runs_dir", "mlflow_uri", "name", "strategy", "num_nodes"):
-        d.pop(k)
-    # settings added after sweeps were measured count only away from their default, so a
-    # sweep that does not use them keeps its id and its finished cells
-    defaults = ExperimentConfig()
-    for section, added in LATER_SETTINGS.items():
-        for k in added:
-            if d[section].get(k) == getattr(getattr(defaults, section), k):
-                d[section].pop(k)
-    # settings of the other sweep kinds do not change this one's numbers
+    its finished cells, as are the settings of the other sweep kinds."""
+    d = numeric_settings(cfg)
     owner = {"tune_": "tune_sampler", "ar_": "comparison"}
     d["sweep"] = {k: v for k, v in d["sweep"].items()
                   if all(not k.startswith(p) or kind == o for p, o in owner.items()) and k not in grid_keys}
-    # samples depend on the sampler's numerics too: cells of an older revision are not reused
     return f"{cfg.name}.{kind}.{content_key([kind, d, extra or {}, {'numerics': NUMERICS_REVISION}], 10)}"
 
 
@@ -103,16 +89,16 @@ def ensure_models(cfg: ExperimentConfig, schedules: Iterable[str], log: bool = T
     rest. Several missing transformers train side by side where ``train_workers`` allows."""
     train_tokenizer(cfg, log=log)
     cfgs = {s: schedule_config(cfg, s) for s in schedules}
-    missing = [s for s, c in cfgs.items() if not run_paths(c).transformer_file.is_file()]
+    missing = [s for s, c in cfgs.items() if not model_file(c, "transformer").is_file()]
     workers, threads = plan_workers(cfg, len(missing))
     if workers > 1:
         if not cfg.data.token_shards:
             tokenize(cfg)  # the token cache, once, before the workers read it
-        train_in_parallel([(run_paths(cfgs[s]).transformer_dir.name, cfgs[s]) for s in missing],
+        train_in_parallel([(model_dir(cfgs[s], "transformer").name, cfgs[s]) for s in missing],
                           workers, threads, log)
     for c in cfgs.values():  # trains one at a time what is still missing; checks and reuses the rest
         train_transformer(c, log=log)
-    return {s: run_paths(c).transformer_file for s, c in cfgs.items()}
+    return {s: model_file(c, "transformer") for s, c in cfgs.items()}
 
 
 def decode_params(dcfg: DecodeConfig) -> dict:
@@ -132,7 +118,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///<runs>/optuna.db)")
     parser.add_argument("--checkpoint", help="use this transformer file instead of the config's trained one")
     add_device_argument(parser)
-    parser.add_argument("--out-dir", help="default: results/<experiment>")
+    parser.add_argument("--out-dir", help="default: results/<experiment>/<the kind's folder>")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. sweep.n=2000 'sweep.steps=[4,8]'")
 
 
@@ -162,6 +148,7 @@ class Sweep:
     kind: ClassVar[str]
     title: ClassVar[str]
     table_file: ClassVar[str]
+    folder: ClassVar[str]  # results/<experiment>/<folder> unless --out-dir says otherwise
     # Settings under ``sweep`` that choose which cells run (seeds, T values, ...), not what a
     # cell measures: left out of the sweep's id, so growing the grid reuses finished cells.
     grid_keys: ClassVar[tuple[str, ...]] = ()
@@ -169,13 +156,18 @@ class Sweep:
     def __init__(self, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         self.cfg, self.args, self.device = cfg, args, args.device
         self.n = cfg.sweep.n
-        self.out_dir = check_output_dir(args.out_dir or f"results/{cfg.name}", "--out-dir")
+        self.out_dir = check_output_dir(args.out_dir or f"results/{cfg.name}/{self.folder}", "--out-dir")
         self.models: dict[str, LoadedModel] = {}
         self._nll: dict[tuple[str, str], dict] = {}
         self._held_out: tuple[Tensor, Tensor] | None = None
         self._finished = None  # finished_runs(), once the search is over
 
     # ---- what a sweep kind says about itself
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig, args: argparse.Namespace) -> Sweep:
+        """The sweep the command line asks for (a kind may hand over to a variant of itself)."""
+        return cls(cfg, args)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -255,6 +247,7 @@ class Sweep:
                                            for_sampling(transformer, self.dtype), for_sampling(tok, self.dtype))
         self.evaluation = Evaluation(self.cfg, self.n, None, self.device, self.cfg.sweep.batch_size)
         self.git_commit = git_commit() or "unknown"
+        self.machine = machine_model(self.device)
         self.prepare()
         self.sid = sweep_id(self.cfg, self.kind, self.identity(), self.grid_keys)
         self.info = {"experiment": self.cfg.name, "n": self.n, "seeds": list(self.cfg.sweep.seeds),
@@ -269,15 +262,23 @@ class Sweep:
         return {"n": self.n, "seed": self.cfg.sweep.seed if seed is None else seed,
                 "extractor": self.evaluation.ext.name,
                 "extractor_identity": self.evaluation.ext.identity, "reference": self.evaluation.reference_name,
-                "checkpoint_sha": m.sha, "tokenizer_sha": m.meta.get("tokenizer_sha"), "git_commit": self.git_commit,
-                "sampling_precision": dtype_name(self.dtype)}
+                "checkpoint_sha": m.sha, "tokenizer_sha": m.meta.get("tokenizer_sha"), **self.machine_params()}
+
+    def machine_params(self) -> dict:
+        """Where and when a cell is measured: code version, precision, machine, date."""
+        return {"git_commit": self.git_commit, "sampling_precision": dtype_name(self.dtype),
+                "machine": self.machine, "date": time.strftime("%Y-%m-%d")}
+
+    def held_out_tokenizer(self) -> tuple[torch.nn.Module, str]:
+        """(the tokenizer of the sweep's models, its content hash)."""
+        m = self.model()
+        return m.tokenizer, m.meta["tokenizer_sha"]
 
     def held_out(self) -> tuple[Tensor, Tensor]:
         """The first ``sweep.nll_sequences`` test token grids and labels (loaded once)."""
         if self._held_out is None:
-            m = self.model()
             k = self.cfg.sweep.nll_sequences
-            codes, labels = held_out_codes(self.cfg, m.tokenizer, m.meta["tokenizer_sha"], limit=k)
+            codes, labels = held_out_codes(self.cfg, *self.held_out_tokenizer(), limit=k)
             self._held_out = (codes[:k], labels[:k])
         return self._held_out
 
@@ -357,7 +358,7 @@ class Sweep:
         grid) is taken from there, not measured again."""
         st = S.grid_study(grid_study_name(self.sid, space), self.storage, space)
         total = int(np.prod([len(v) for v in space.values()]))
-        finished = self.mlog.finished_cells()
+        finished = self.finished_cells()
         reused = sum(S.cell_key(p, list(space)) in finished for p in S.grid_cells(space))
         if reused:
             print(f"{reused} of {total} cells already measured (MLflow runs of sweep {self.sid}); "
@@ -367,14 +368,8 @@ class Sweep:
 
         def run_cell(trial: Trial, params: dict[str, Any]) -> float:
             nonlocal ran
-            key = S.cell_key(params, list(space))
-            if key in finished:
-                rec, note = finished[key], " (reused)"
-            else:
-                rec = self.mlog.cell(key, self.cell_name(params), self.cell_params(params),
-                                     lambda run_id: self.run_cell(params, run_id))
-                ran += 1
-                note = ""
+            rec, note = self.measure(params, S.cell_key(params, list(space)), finished)
+            ran += not note
             for k, v in rec.items():
                 trial.set_user_attr(k, v)
             done = len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) + 1
@@ -386,6 +381,18 @@ class Sweep:
 
         S.run_grid(st, space, run_cell)
         return st
+
+    def finished_cells(self) -> dict[str, dict[str, float]]:
+        """Cells measured before, by cell key: their metrics (MLflow's finished cell runs)."""
+        return self.mlog.finished_cells()
+
+    def measure(self, params: dict, key: str, finished: dict[str, dict]) -> tuple[dict, str]:
+        """(record, note) of one grid trial: a finished cell is reused (note " (reused)"), a new
+        one runs in its own nested MLflow run (note "")."""
+        if key in finished:
+            return finished[key], " (reused)"
+        return self.mlog.cell(key, self.cell_name(params), self.cell_params(params),
+                              lambda run_id: self.run_cell(params, run_id)), ""
 
     @staticmethod
     def select(df, info: dict):
@@ -428,7 +435,7 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         kind.add_arguments(parser)
         args = parser.parse_intermixed_args(argv)
         cfg = load_config(args.config, list(args.overrides) + kind.config_overrides(args))
-        sweep = kind(cfg, args)
+        sweep = kind.create(cfg, args)
         sweep.check()
         storage = S.open_storage(args.storage, cfg.runs_dir)
         torch.set_float32_matmul_precision("high")
@@ -453,30 +460,3 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
 
     return main
 
-
-def interval(values, level: float = 0.95) -> tuple[float, float, float, int]:
-    """(mean, half-width of the two-sided t interval at ``level``, sample sd, n) of seed
-    values; half-width NaN with fewer than 2 values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(x)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    if n == 1:
-        return float(x[0]), float("nan"), float("nan"), 1
-    sd = float(x.std(ddof=1))
-    return float(x.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)), sd, n
-
-
-def paired_p(a, b) -> float:
-    """Two-sided paired t-test p-value of two per-seed series (same seeds, same order)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
-        return float("nan") if len(a) < 2 else (1.0 if np.allclose(a, b) else 0.0)
-    return float(stats.ttest_rel(a, b).pvalue)
-
-
-def pm(mean: float, half: float, digits: int = 2) -> str:
-    """'mean ± half-width' for a table cell."""
-    if not np.isfinite(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if not np.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_lab.checkpoints import load_checkpoint, load_model, run_paths
+from maskgit_lab.checkpoints import load_checkpoint, load_model
 from maskgit_lab.decoding.ar_sampler import ARDecodeConfig, ar_decode, ar_nll
 from maskgit_lab.decoding.generate import for_sampling, generate_codes, iter_decoded
 from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig
@@ -33,19 +33,19 @@ from maskgit_lab.decoding.speed import ar_seconds, maskgit_seconds
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.eval.evaluator import classification_accuracy_score
 from maskgit_lab.hardware import inference_dtype, machine_name
+from maskgit_lab.identity import model_file
 from maskgit_lab.io import atomic_write_text, content_key, file_sha256
 from maskgit_lab.lit.stages import train_transformer
+from maskgit_lab.stats import interval
 from maskgit_lab.sweeps.common import (
     TIMING_NOTE,
     Sweep,
     decode_params,
     ensure_models,
-    interval,
-    pm,
     sweep_main,
 )
 from maskgit_lab.sweeps.paper import PAPER_TABLE1
-from maskgit_lab.sweeps.tables import write_table
+from maskgit_lab.sweeps.tables import pm, write_table
 
 ROWS = ("maskgit-best", "maskgit-T8", "ar-recompute", "ar-kv-cache")
 SELECTION_SEED = 2000  # chooses the AR temperature; never a reported seed
@@ -87,6 +87,7 @@ class Comparison(Sweep):
     title = ("Regenerate the paper's Table 1 on the configured dataset: MaskGIT against the autoregressive "
              "baseline on the same tokens (quality, CAS, forward passes and speed).")
     table_file = "comparison.md"
+    folder = "table1"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -99,7 +100,7 @@ class Comparison(Sweep):
             raise ConfigError("the comparison's CAS column trains the Fashion-MNIST evaluator's classifier: "
                               "it needs data.name=fmnist (ImageNet CAS needs an ImageNet classifier)")
         self.best = parse_best(self.args.best) if self.args.best else best_from_summary(
-            self.out_dir / "summary.json")
+            Path("results") / self.cfg.name / "table3" / "summary.json")
         replace(self.cfg.sampling, schedule=self.best[0], steps=self.best[1]).validated(self.cfg.tokenizer.num_tokens)
         for f in (self.args.checkpoint, self.args.ar_checkpoint):
             if f and not Path(f).is_file():
@@ -114,7 +115,7 @@ class Comparison(Sweep):
         ar_file = self.args.ar_checkpoint
         if ar_file is None:
             train_transformer(self.cfg, kind="ar_transformer")
-            ar_file = run_paths(self.cfg).ar_file
+            ar_file = model_file(self.cfg, "ar_transformer")
         ar, _, ar_meta = load_model(ar_file, "ar_transformer")
         maskgit_meta = load_checkpoint(files["*"], "transformer")["meta"]
         if ar_meta.get("tokenizer_sha") != maskgit_meta.get("tokenizer_sha"):

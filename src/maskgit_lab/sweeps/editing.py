@@ -22,9 +22,10 @@ from maskgit_lab.decoding.regions import box_region, center_box, edit_codes, sid
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.eval.evaluation import held_out_codes
 from maskgit_lab.io import atomic_write_text
-from maskgit_lab.sweeps.common import Sweep, decode_params, interval, pm, sweep_main
+from maskgit_lab.stats import interval
+from maskgit_lab.sweeps.common import Sweep, decode_params, sweep_main
 from maskgit_lab.sweeps.paper import PAPER_TABLE2
-from maskgit_lab.sweeps.tables import write_table
+from maskgit_lab.sweeps.tables import pm, write_table
 
 TASKS = ("inpaint-center", "outpaint-right", "reconstruction")
 TASK_LABELS = {"inpaint-center": "inpainting (centre 50% × 50%)", "outpaint-right": "outpainting (right 50%)",
@@ -47,6 +48,7 @@ class Editing(Sweep):
     title = ("Regenerate the paper's Table 2 on the configured dataset: FID of inpainting (centre 50% x 50%) "
              "and outpainting (right 50%) of the test images with the MaskGIT sampler.")
     table_file = "editing.md"
+    folder = "table2"
 
     def setup(self, storage) -> None:
         super().setup(storage)

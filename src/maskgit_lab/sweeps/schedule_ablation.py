@@ -7,67 +7,68 @@ masking. Reference rows at the same N, one per seed: the real-vs-real floor (N v
 images drawn by the seed, which trained neither the models nor the evaluator) and the
 tokenizer ceiling (their reconstructions).
 
-Tables report, per schedule and T, the mean over seeds and a 95% t interval; no number is
-a minimum over noisy cells. At each T the schedules whose FID does not differ
-significantly from the best one (paired t-test across seeds, p >= 0.05) are marked.
-
 Modes: ``train`` (the default, the paper's design) trains one transformer per schedule and
 samples each with its own schedule; ``decode`` uses one trained transformer and varies the
 schedule at sampling only, a different question. Missing models are trained first.
+
+``--trainings K`` (``sweep.trainings``) makes the table over K trainings (``OverTrainings``):
+every schedule's transformer trained with training seeds 0..K-1, each sampled on the same
+seeds, the intervals carrying the variation between trainings. Its units of work are
+(training, schedule): train that model if missing, then measure its cells. The cells are
+recorded in the results folder, so trainings finished once are never computed again.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_lab.decoding.generate import check_guidance, codes_to_images
-from maskgit_lab.decoding.schedules import PAPER_LABELS, SCHEDULES, gamma
+from maskgit_lab.checkpoints import load_model, tokenizer_identity
+from maskgit_lab.decoding.generate import check_guidance, codes_to_images, for_sampling
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.figures import save_figure
-from maskgit_lab.io import atomic_write, atomic_write_text
-from maskgit_lab.sweeps.common import (
-    TIMING_NOTE,
-    Sweep,
-    decode_params,
-    ensure_models,
-    interval,
-    paired_p,
-    pm,
-    sweep_main,
-)
-from maskgit_lab.sweeps.paper import PAPER_TABLE3
-from maskgit_lab.sweeps.tables import latex, markdown
+from maskgit_lab.identity import model_file
+from maskgit_lab.io import file_sha256
+from maskgit_lab.lit.stages import tokenize, train_tokenizer
+from maskgit_lab.sweeps import optuna_study as S
+from maskgit_lab.sweeps import table3 as T3
+from maskgit_lab.sweeps import trainings as tr
+from maskgit_lab.sweeps.common import LoadedModel, Sweep, decode_params, ensure_models, sweep_main
+from maskgit_lab.tracking import sweep_runs
 
-METRIC_COLS = ("fid", "is", "precision", "recall", "kid", "class_consistency", "nll", "seconds_per_image")
-REFERENCES = {"real": "real validation images (floor)", "reconstruction": "tokenizer reconstructions (ceiling)"}
-TEST_NOTE = "paired t-test across seeds, two-sided, p >= 0.05"
+REFERENCES = T3.REFERENCES
 
 
 class ScheduleAblation(Sweep):
     kind = "schedule_ablation"
     title = "Regenerate the paper's Table 3 (mask schedule x decoding steps) on the configured dataset."
     table_file = "schedule_ablation.md"
-    grid_keys = ("schedules", "steps", "seeds", "decode_seeds", "report_steps")
+    folder = "table3"
+    grid_keys = ("schedules", "steps", "seeds", "decode_seeds", "report_steps", "trainings")
+
+    @classmethod
+    def create(cls, cfg, args) -> Sweep:
+        return OverTrainings(cfg, args) if cfg.sweep.trainings else cls(cfg, args)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--mode", choices=("train", "decode"),
                             help="default: the config's sweep.mode (train), or decode with --checkpoint")
+        parser.add_argument("--trainings", type=int, metavar="K",
+                            help="the table over K trainings of every schedule's transformer (training seeds "
+                                 "0..K-1), with the variation between trainings in its intervals")
 
     @classmethod
     def config_overrides(cls, args: argparse.Namespace) -> list[str]:
+        out = [f"sweep.trainings={args.trainings}"] if args.trainings is not None else []
         if args.mode:
-            return [f"sweep.mode={args.mode}"]
+            return [*out, f"sweep.mode={args.mode}"]
         # one given model can only be swept in decode mode
-        return ["sweep.mode=decode"] if args.checkpoint else []
+        return [*out, "sweep.mode=decode"] if args.checkpoint else out
 
     @property
     def mode(self) -> str:
@@ -83,13 +84,18 @@ class ScheduleAblation(Sweep):
             return ensure_models(self.cfg, self.cfg.sweep.schedules)
         return super().model_files()
 
+    def num_tokens(self) -> int:
+        return self.model().transformer.cfg.num_tokens
+
     def describe(self) -> dict:
         sw = self.cfg.sweep
         report = min(sw.steps, key=lambda t: (abs(t - sw.report_steps), t))
         return {"mode": self.mode, "schedules": list(sw.schedules), "steps": list(sw.steps), "report_steps": report,
-                "num_tokens": self.model().transformer.cfg.num_tokens,
-                "train_schedule": self.model(sw.schedules[0]).cfg.transformer_train.schedule,
+                "num_tokens": self.num_tokens(), "train_schedule": self.train_schedule(sw.schedules[0]),
                 "choice_temperature": self.cfg.sampling.choice_temperature}
+
+    def train_schedule(self, schedule: str) -> str:
+        return self.model(schedule).cfg.transformer_train.schedule
 
     def run_name(self) -> str:
         return f"schedule_ablation-{self.mode}"
@@ -108,22 +114,34 @@ class ScheduleAblation(Sweep):
         """The reference rows first (a grid of their own), then every schedule x T x seed."""
         return [{"reference_row": list(REFERENCES), "seed": list(self.cfg.sweep.seeds)}, self.space()]
 
+    def model_key(self, params: dict) -> str:
+        """The key of the model a cell samples (its schedule's, in train mode)."""
+        return params["schedule"]
+
     def decode_config(self, params: dict):
         return replace(self.cfg.sampling, schedule=params["schedule"], steps=params["steps"]).validated(
-            self.model().transformer.cfg.num_tokens)
+            self.num_tokens())
 
     def cell_name(self, params: dict) -> str:
         if "reference_row" in params:
             return f"{params['reference_row']} seed={params['seed']}"
-        return f"{params['schedule']} T={params['steps']} seed={params['seed']}"
+        head = f"training {params['training']}: " if "training" in params else ""
+        return f"{head}{params['schedule']} T={params['steps']} seed={params['seed']}"
 
     def cell_params(self, params: dict) -> dict:
         if "reference_row" in params:
-            return {**params, "label": REFERENCES[params["reference_row"]], **self.provenance(seed=params["seed"])}
-        s = params["schedule"]
+            return {**params, "label": REFERENCES[params["reference_row"]], **self.reference_provenance(params["seed"])}
+        key = self.model_key(params)
         return {**params, **decode_params(self.decode_config(params)), "mode": self.mode,
-                "train_schedule": self.model(s).cfg.transformer_train.schedule,
-                **self.provenance(s, seed=params["seed"])}
+                "train_schedule": self.model(key).cfg.transformer_train.schedule,
+                **self.provenance(key, seed=params["seed"])}
+
+    def reference_provenance(self, seed: int) -> dict:
+        return self.provenance(seed=seed)
+
+    def encoder(self):
+        """The tokenizer that makes the ceiling row's reconstructions."""
+        return self.model().tokenizer
 
     def reference_images(self, kind: str, seed: int):
         """N validation images drawn by ``seed`` (or their reconstructions), in batches, with labels."""
@@ -132,7 +150,7 @@ class ScheduleAblation(Sweep):
             raise ConfigError(f"the reference rows draw N={self.n} validation images; the split holds {len(val)}")
         idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[: self.n]
         labels = torch.tensor([int(val[i][1]) for i in idx.tolist()])
-        tok = self.model().tokenizer
+        tok = self.encoder()
 
         def stream():
             for chunk in idx.split(self.cfg.sweep.batch_size):
@@ -147,12 +165,11 @@ class ScheduleAblation(Sweep):
     def run_cell(self, params: dict, run_id: str) -> dict:
         if "reference_row" in params:
             images, labels = self.reference_images(params["reference_row"], params["seed"])
-            out = self.score(images, labels, keep=0, seed=params["seed"])
-            return out["record"]
-        s = params["schedule"]
-        out = self.sample_and_score(self.decode_config(params), key=s, keep=self.grid_keep(), seed=params["seed"])
-        self.log_grid(run_id, out["images"], f"{s}, T={params['steps']}, seed {params['seed']}")
-        return {**out["record"], "nll": self.nll(s, key=s)["nll"]}
+            return self.score(images, labels, keep=0, seed=params["seed"])["record"]
+        s, key = params["schedule"], self.model_key(params)
+        out = self.sample_and_score(self.decode_config(params), key=key, keep=self.grid_keep(), seed=params["seed"])
+        self.log_grid(run_id, out["images"], f"{self.cell_name(params)}")
+        return {**out["record"], "nll": self.nll(s, key=key)["nll"]}
 
     def cell_line(self, params: dict, rec: dict) -> str:
         head = (f"{params['reference_row']:25s}" if "reference_row" in params
@@ -166,192 +183,230 @@ class ScheduleAblation(Sweep):
     @staticmethod
     def select(df: pd.DataFrame, info: dict) -> pd.DataFrame:
         """The cells of the grid in ``info`` (schedules x steps x seeds, and the reference
-        rows of those seeds); sweeps recorded before ``schedules`` was in ``info`` keep all."""
-        seeds = {str(s) for s in info["seeds"]}
-        keep = df["seed"].astype(str).isin(seeds)
+        rows of those seeds)."""
+        keep = pd.to_numeric(df["seed"], errors="coerce").isin(info["seeds"])
         if "schedule" in df:
-            grid = df["schedule"].isin(info.get("schedules", df["schedule"].dropna().unique()))
-            grid &= df["steps"].astype(str).isin({str(t) for t in info["steps"]})
+            grid = df["schedule"].isin(info["schedules"]) & pd.to_numeric(df["steps"], errors="coerce").isin(
+                info["steps"])
             keep &= grid | df["schedule"].isna()
         return df[keep].reset_index(drop=True)
 
     @staticmethod
     def write(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
-        summary = write_ablation(df, out_dir, info)
+        summary = T3.write_one_training(df, out_dir, info)
         lines = [f"T={t}: best {b['schedule']} FID {b['fid']:.2f}; not significantly different: "
                  f"{', '.join(b['not_significantly_worse']) or 'none'}" for t, b in summary["best_per_steps"].items()]
         return (Path(out_dir) / "schedule_ablation.md").read_text() + "\n" + "\n".join(lines)
 
 
-def split_cells(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(schedule cells in Table 3's order, then T and seed; reference cells)."""
-    ref = df[df["reference_row"].notna()].copy() if "reference_row" in df else df.iloc[0:0].copy()
-    cells = df[df["reference_row"].isna()].copy() if "reference_row" in df else df.copy()
-    for frame in (cells, ref):
-        frame["seed"] = frame["seed"].astype(int)
-    cells["steps"] = cells["steps"].astype(float).astype(int)
-    order = {s: i for i, s in enumerate(SCHEDULES)}
-    cells["_o"] = cells["schedule"].map(order)
-    cells = cells.sort_values(["_o", "steps", "seed"]).drop(columns="_o").reset_index(drop=True)
-    keep = ["schedule", "steps", "seed", *[c for c in METRIC_COLS if c in cells]]
-    return cells[keep], ref.reset_index(drop=True)
+class OverTrainings(ScheduleAblation):
+    """Table 3 over K trainings. Units of work: (training, schedule), each trains its model if
+    missing and measures its cells; the results folder records every finished cell."""
+
+    kind = "schedule_ablation_trainings"
+    title = "Table 3 over several trainings of every schedule's transformer."
+    folder = "table3_trainings"
+
+    def __init__(self, cfg, args) -> None:
+        # the training seed is the table's axis, not one of its settings
+        super().__init__(replace(cfg, transformer_train=replace(cfg.transformer_train, seed=0)), args)
+        self.given_seed = cfg.transformer_train.seed
+        self.recorded = pd.DataFrame()
+
+    def check(self) -> None:
+        super().check()
+        k = self.cfg.sweep.trainings
+        if self.mode != "train" or self.args.checkpoint:
+            raise ConfigError("--trainings trains every schedule's model K times: it goes with --mode train and "
+                              "no --checkpoint")
+        if self.given_seed:
+            raise ConfigError(f"--trainings {k} trains with training seeds 0..{k - 1}; leave transformer_train.seed "
+                              f"unset (it is {self.given_seed})")
+
+    def model_files(self) -> dict[str, Path]:
+        """No transformer up front (each unit trains and loads its own): the tokenizer and the
+        token cache only."""
+        train_tokenizer(self.cfg)
+        if not self.cfg.data.token_shards:
+            tokenize(self.cfg)
+        tok_file = model_file(self.cfg, "tokenizer")
+        tok, _, _ = load_model(tok_file, "tokenizer")
+        self.tokenizer, self.tokenizer_sha = tok.to(self.device).eval(), tokenizer_identity(tok_file)
+        return {}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "trainings": self.cfg.sweep.trainings, "tokenizer_sha": self.tokenizer_sha}
+
+    def setup(self, storage) -> None:
+        super().setup(storage)
+        self.recorded = tr.check_record(self.out_dir, self.sid)
+        if len(self.recorded):
+            units = self.recorded.dropna(subset=["training"]).groupby(["training", "schedule"]).ngroups
+            print(f"{self.out_dir}: {len(self.recorded)} cells recorded ({units} trained models)", flush=True)
+
+    def identity(self) -> dict:
+        """The tokenizer and the evaluator the cells come from (the models are the table's
+        units, made from the config and a training seed)."""
+        return {"tokenizer": self.tokenizer_sha, "extractor": self.evaluation.ext.identity}
+
+    def num_tokens(self) -> int:
+        return self.cfg.tokenizer.num_tokens
+
+    def train_schedule(self, schedule: str) -> str:
+        return schedule
+
+    def encoder(self):
+        return self.tokenizer
+
+    def held_out_tokenizer(self):
+        return self.tokenizer, self.tokenizer_sha
+
+    def reference_provenance(self, seed: int) -> dict:
+        return {"n": self.n, "seed": seed, "extractor": self.evaluation.ext.name,
+                "extractor_identity": self.evaluation.ext.identity, "reference": self.evaluation.reference_name,
+                "tokenizer_sha": self.tokenizer_sha, **self.machine_params()}
+
+    def banner(self) -> str:
+        sw = self.cfg.sweep
+        return (f"Table 3 over {sw.trainings} trainings ({self.sid}): {len(sw.schedules)} schedules x "
+                f"{sw.trainings} trainings = {len(sw.schedules) * sw.trainings} models, each measured at T = "
+                f"{list(sw.steps)} on seeds {list(sw.seeds)}; {2 * len(sw.seeds)} reference cells "
+                f"(N={self.n}, {self.evaluation.ext.name})")
+
+    def run_name(self) -> str:
+        return "schedule_ablation-trainings"
+
+    def spaces(self) -> list[dict[str, list]]:
+        return [{"reference_row": list(REFERENCES), "seed": list(self.cfg.sweep.seeds)},
+                {"training": list(range(self.cfg.sweep.trainings)), "schedule": list(self.cfg.sweep.schedules)}]
+
+    def space(self) -> dict[str, list]:
+        return self.spaces()[1]
+
+    def model_key(self, params: dict) -> str:
+        return f"{params['schedule']}@{params['training']}"
+
+    def unit_config(self, schedule: str, training: int):
+        return replace(self.cfg, transformer_train=replace(self.cfg.transformer_train, schedule=schedule,
+                                                           seed=training))
+
+    def finished_cells(self) -> dict[str, dict[str, float]]:
+        """MLflow's finished cells of this table and the cells recorded in its results folder."""
+        out = super().finished_cells()
+        for _, r in self.recorded.iterrows():
+            out.setdefault(record_key(r), {m: float(r[m]) for m in tr.METRICS if m in r and pd.notna(r[m])})
+        return out
+
+    def measure(self, params: dict, key: str, finished: dict[str, dict]) -> tuple[dict, str]:
+        if "training" not in params:
+            return super().measure(params, key, finished)
+        k, s, sw = int(params["training"]), params["schedule"], self.cfg.sweep
+        cells = [{"training": k, "schedule": s, "steps": t, "seed": seed} for t in sw.steps for seed in sw.seeds]
+        todo = [c for c in cells if S.cell_key(c, list(c)) not in finished]
+        done: dict[str, dict] = {}
+        if todo:
+            file = ensure_models(self.unit_config(s, k), [s])[s]
+            self.load(self.model_key(params), file)
+            for i, c in enumerate(todo):
+                key_c = S.cell_key(c, list(c))
+                done[key_c] = self.mlog.cell(key_c, self.cell_name(c), self.cell_params(c),
+                                             lambda run_id, c=c: self.run_cell(c, run_id))
+                print(f"  ({i + 1}/{len(todo)}) training {k} {self.cell_line(c, done[key_c])}", flush=True)
+            self.record_cells(todo, done)
+            del self.models[self.model_key(params)]
+            self._nll.clear()
+        fids = [(done.get(S.cell_key(c, list(c))) or finished[S.cell_key(c, list(c))])["fid"] for c in cells
+                if c["steps"] == self.info["report_steps"]]
+        return {"fid": float(np.mean(fids))}, "" if todo else " (recorded)"
+
+    def cell_line(self, params: dict, rec: dict) -> str:
+        if "training" in params and "steps" not in params:
+            return (f"training {params['training']} {params['schedule']:12s} mean FID at T={self.info['report_steps']} "
+                    f"{rec['fid']:.2f}")
+        return super().cell_line(params, rec)
+
+    def load(self, key: str, file: Path) -> None:
+        """Load one unit's transformer (with the shared tokenizer) for sampling."""
+        transformer, tcfg, meta = load_model(file, "transformer")
+        if meta.get("tokenizer_sha") != self.tokenizer_sha:
+            raise ConfigError(f"{file} was trained on another tokenizer than {self.tokenizer_sha}")
+        transformer = transformer.to(self.device)
+        self.models[key] = LoadedModel(transformer, self.tokenizer, tcfg, meta, file_sha256(file),
+                                       for_sampling(transformer, self.dtype), for_sampling(self.tokenizer, self.dtype))
+
+    def record_cells(self, cells: list[dict], recs: dict[str, dict]) -> None:
+        """Add a unit's new cells (with their provenance) to the results folder's record."""
+        rows = []
+        for c in cells:
+            prov = self.provenance(self.model_key(c), seed=c["seed"])
+            rows.append({**c, **recs[S.cell_key(c, list(c))], **{k: prov[k] for k in tr.RECORDED if k in prov}})
+        self.recorded = tr.record(self.out_dir, self.record_info(), tr.normalize(pd.DataFrame(rows)))
+
+    def record_info(self) -> dict:
+        keep = ("experiment", "n", "seeds", "extractor", "schedules", "steps", "report_steps", "num_tokens",
+                "choice_temperature", "tokenizer_sha", "trainings", "sampling_precision")
+        return {"table_id": self.sid, **{k: self.info[k] for k in keep if k in self.info}}
+
+    def grid_keep(self) -> int:
+        return self.cfg.sweep.grid_per_class * self.model().num_classes
+
+    def headline(self) -> tuple[dict[str, float], dict[str, str]]:
+        summary = getattr(self, "summary", None)
+        if not summary:
+            return {}, {}
+        t = str(self.info["report_steps"])
+        best = summary["best_per_steps"][t]
+        return ({"best_fid": summary["schedules"][best][t]["mean"]},
+                {"best_cell": f"schedule={best},steps={t}", "trainings": str(summary["trainings"])})
+
+    def finished_runs(self) -> pd.DataFrame:
+        """Every cell of this table: recorded ones and MLflow's (recorded first), all recorded now."""
+        if self._finished is None:
+            runs = sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid, allow_empty=True)
+            self.recorded = tr.record(self.out_dir, self.record_info(), tr.normalize(runs))
+            self._finished = self.recorded
+        return self._finished
+
+    def finish(self) -> str:
+        self.summary = write_over_trainings(self.finished_runs(), self.out_dir, self.record_info())
+        return (self.out_dir / self.table_file).read_text()
+
+    @staticmethod
+    def select(df: pd.DataFrame, info: dict) -> pd.DataFrame:
+        """The cells of the grid in ``info``: trainings 0..K-1, its schedules, T and seeds."""
+        df = ScheduleAblation.select(df, info)
+        if "training" in df:
+            t = pd.to_numeric(df["training"], errors="coerce")
+            df = df[t.isna() | (t < int(info["trainings"]))]
+        return df.reset_index(drop=True)
+
+    @staticmethod
+    def write(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
+        """The table over the grid's trainings, from ``df`` and the folder's recorded cells."""
+        write_over_trainings(df, out_dir, {k: v for k, v in info.items() if k != "sweep_id"}
+                             | {"table_id": info.get("table_id") or info["sweep_id"]})
+        return (Path(out_dir) / "schedule_ablation.md").read_text()
 
 
-def aggregate(cells: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean, 95% half-width, sd and seed count of every metric per group."""
-    rows = []
-    for key, g in cells.groupby(by, sort=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
-        for m in METRIC_COLS:
-            if m in g:
-                mean, half, sd, n = interval(g[m].tolist())
-                row.update({f"{m}_mean": mean, f"{m}_ci": half, f"{m}_sd": sd})
-                row["seeds"] = n
-        rows.append(row)
-    return pd.DataFrame(rows)
+def write_over_trainings(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
+    """Record ``df``'s cells in ``out_dir`` and write the table over ``info``'s grid from every
+    recorded cell; -> its summary. A training of the grid with no cells is a one-line error."""
+    cells = tr.record(out_dir, info, tr.normalize(df))
+    chosen = OverTrainings.select(cells, info)
+    have = set(chosen["training"].dropna().astype(int)) if "training" in chosen else set()
+    missing = sorted(set(range(int(info["trainings"]))) - have)
+    if missing:
+        raise ConfigError(f"{out_dir}: trainings {missing} have no recorded cells; run the sweep with "
+                          f"--trainings {info['trainings']} to measure them")
+    return T3.write_trainings(chosen, out_dir, {**info, "sweep_id": info["table_id"]})
 
 
-def significance(cells: pd.DataFrame) -> dict[int, dict]:
-    """Per T: the schedule with the lowest mean FID and, for every other, the paired t-test
-    p-value of its per-seed FIDs against the best one's (seeds matched)."""
-    out = {}
-    for t, g in cells.groupby("steps"):
-        fid = g.pivot(index="seed", columns="schedule", values="fid")
-        fid = fid.dropna()
-        best = fid.mean().idxmin()
-        p = {s: (1.0 if s == best else paired_p(fid[s], fid[best])) for s in fid.columns}
-        out[int(t)] = {"schedule": best, "fid": float(fid[best].mean()), "p": p,
-                       "not_significantly_worse": [s for s in fid.columns if s != best and not p[s] < 0.05]}
-    return out
-
-
-def table3(agg: pd.DataFrame, ref: pd.DataFrame, sig: dict, steps: list[int], report: int) -> pd.DataFrame:
-    """Schedules (and the reference rows) x FID at each T, the other metrics at ``report``."""
-    rows = []
-    for s in dict.fromkeys(agg["schedule"]):
-        a = agg[agg["schedule"] == s].set_index("steps")
-        paper = PAPER_TABLE3.get(s, (None,) * 4)
-        row = {"γ": PAPER_LABELS[s]}
-        for t in steps:
-            if t in a.index:
-                mark = " *" if sig[t]["schedule"] == s else (" ≈" if s in sig[t]["not_significantly_worse"] else "")
-                row[f"FID T={t}"] = pm(a.loc[t, "fid_mean"], a.loc[t, "fid_ci"]) + mark
-        r = a.loc[report] if report in a.index else None
-        for col, m, d in (("IS", "is", 2), ("Prec", "precision", 3), ("Rec", "recall", 3),
-                          ("Class cons.", "class_consistency", 3), ("NLL", "nll", 3)):
-            row[f"{col} (T={report})" if m != "nll" else "NLL"] = (pm(r[f"{m}_mean"], r[f"{m}_ci"], d)
-                                                                   if r is not None and f"{m}_mean" in r else "–")
-        row["ms/img"] = (f"{1000 * r['seconds_per_image_mean']:.2f}" if r is not None else "–")
-        row.update({"paper T": paper[0], "paper FID": paper[1], "paper IS": paper[2], "paper NLL": paper[3]})
-        rows.append(row)
-    for kind, label in REFERENCES.items():
-        g = ref[ref["reference_row"] == kind] if len(ref) else ref
-        if not len(g):
-            continue
-        mean, half, _, _ = interval(g["fid"].tolist())
-        row = {"γ": label, **{f"FID T={t}": pm(mean, half) for t in steps}}
-        for col, m, d in (("IS", "is", 2), ("Prec", "precision", 3), ("Rec", "recall", 3),
-                          ("Class cons.", "class_consistency", 3)):
-            row[f"{col} (T={report})"] = pm(*interval(g[m].tolist())[:2], d)
-        rows.append(row)
-    return pd.DataFrame(rows, dtype=object)
-
-
-def fid_vs_steps_figure(agg: pd.DataFrame, ref: pd.DataFrame, path: Path, title: str) -> Path:
-    """Figure 8 (right): mean FID against T per schedule, with its 95% interval as a band; the
-    floor and ceiling as horizontal bands."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for s, g in agg.groupby("schedule", sort=False):
-        g = g.sort_values("steps")
-        line, = ax.plot(g["steps"], g["fid_mean"], marker="o", ms=3, label=PAPER_LABELS[s])
-        ci = g["fid_ci"].fillna(0)
-        ax.fill_between(g["steps"], g["fid_mean"] - ci, g["fid_mean"] + ci, color=line.get_color(), alpha=0.15)
-    for kind, style in (("real", ":"), ("reconstruction", "--")):
-        g = ref[ref["reference_row"] == kind] if len(ref) else ref
-        if len(g):
-            mean, half, _, _ = interval(g["fid"].tolist())
-            ax.axhline(mean, color="grey", ls=style, lw=1, label=REFERENCES[kind])
-            if np.isfinite(half):
-                ax.axhspan(mean - half, mean + half, color="grey", alpha=0.1)
-    ax.set_xlabel("decoding steps T")
-    ax.set_ylabel("FID (mean over seeds, 95% band)")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=150)
-
-
-def schedules_figure(schedules: list[str], num_tokens: int, path: Path) -> Path:
-    """Figure 8 (left): the mask-ratio curves gamma(r) for N tokens."""
-    r = torch.linspace(0, 1, 201, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    for s in schedules:
-        ax.plot(r.numpy(), gamma(s, r, num_tokens).numpy(), label=PAPER_LABELS[s])
-    ax.set_xlabel("r (fraction of decoding done)")
-    ax.set_ylabel("mask ratio γ(r)")
-    ax.set_title(f"mask schedules, N = {num_tokens} tokens", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=150)
-
-
-def write_ablation(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
-    """schedule_ablation.{csv,md,tex}, schedule_ablation_cells.csv (every seed),
-    fid_vs_steps.{csv,png} (means and intervals), schedules.png, summary.json."""
-    out_dir = Path(out_dir)
-    cells, ref = split_cells(df)
-    agg = aggregate(cells, ["schedule", "steps"])
-    sig = significance(cells)
-    steps = sorted(int(t) for t in cells["steps"].unique())
-    report = int(info.get("report_steps", steps[len(steps) // 2]))
-    t3 = table3(agg, ref, sig, steps, report)
-    seeds = sorted(int(s) for s in cells["seed"].unique())
-    mode_text = {"decode": "decode-only (one transformer trained with the "
-                           f"{info.get('train_schedule', '?')} schedule; the schedule varies at sampling only: "
-                           "a different question from the paper's)",
-                 "train": "per-schedule training (one transformer trained with each schedule and sampled "
-                          "with it, the paper's design)"}[info["mode"]]
-    caption = (f"Schedule ablation (Table 3 shape) on {info['experiment']}: {mode_text}. FID at each T: mean ± "
-               f"95% t-interval half-width over {len(seeds)} seeds (independent sample sets {seeds}), N = "
-               f"{info['n']} samples per cell vs the first {info['n']} test images, extractor {info['extractor']}, "
-               f"choice temperature {info.get('choice_temperature', '?')}. * = lowest mean FID at that T; ≈ = not "
-               f"significantly worse than it ({TEST_NOTE}); unmarked = significantly worse. "
-               + ("The intervals and tests cover sampling only: each schedule's model is trained once, and "
-                  "the variation between trainings of one config is not in them (python -m "
-                  "maskgit_lab.sweeps.trainings estimates it from two or more trainings). "
-                  if info["mode"] == "train" else "")
-               + f"Other columns at "
-               f"T = {report}. NLL: held-out test tokens under the schedule's training masking (nats per masked "
-               f"token). Reference rows: {REFERENCES['real']} and {REFERENCES['reconstruction']}, N per seed, "
-               f"same reference. {TIMING_NOTE.replace('s/img', 'ms/img')}, at T = {report}. Columns 'paper …' "
-               "are the paper's ImageNet 256 numbers (best T per schedule), for reference only.")
-    atomic_write(out_dir / "schedule_ablation.csv", lambda p: t3.to_csv(p, index=False))
-    atomic_write_text(out_dir / "schedule_ablation.md", markdown(t3, caption))
-    atomic_write_text(out_dir / "schedule_ablation.tex", latex(t3, caption.replace("_", r"\_").replace("%", r"\%")))
-    atomic_write(out_dir / "schedule_ablation_cells.csv", lambda p: pd.concat([cells, ref]).to_csv(p, index=False))
-    atomic_write(out_dir / "fid_vs_steps.csv", lambda p: agg.to_csv(p, index=False))
-    fid_vs_steps_figure(agg, ref, out_dir / "fid_vs_steps.png",
-                        f"{info['experiment']}: FID vs T ({info['mode']} mode, N={info['n']}, {len(seeds)} seeds, "
-                        f"{info['extractor']})")
-    schedules_figure(list(dict.fromkeys(cells["schedule"])), int(info["num_tokens"]), out_dir / "schedules.png")
-    overall = agg.sort_values("fid_mean").iloc[0]
-    summary = {
-        "mode": info["mode"], "n": int(info["n"]), "seeds": seeds, "extractor": info["extractor"],
-        "sweep_id": info["sweep_id"], "test": TEST_NOTE,
-        # the lowest mean FID over every (schedule, T): a choice for Table 1, not a reported number
-        "best_schedule": overall["schedule"], "best_steps": int(overall["steps"]), "best_fid": float(overall["fid_mean"]),
-        "best_per_steps": {str(t): v for t, v in sig.items()},
-        "schedules": {s: {str(int(r["steps"])): {k: (None if pd.isna(v) else float(v)) for k, v in r.items()
-                                                 if k not in ("schedule", "steps")}
-                          for _, r in g.iterrows()} for s, g in agg.groupby("schedule", sort=False)},
-        "references": {k: {m: dict(zip(("mean", "ci", "sd", "seeds"), interval(g[m].tolist()), strict=True))
-                           for m in ("fid", "is", "precision", "recall", "class_consistency")}
-                       for k, g in (ref.groupby("reference_row") if len(ref) else [])},
-    }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    return summary
+def record_key(row: pd.Series) -> str:
+    """The cell key (as in Optuna and MLflow) of a recorded cell."""
+    if "reference_row" in row and pd.notna(row["reference_row"]):
+        return f"reference_row={row['reference_row']},seed={int(row['seed'])}"
+    return (f"training={int(row['training'])},schedule={row['schedule']},steps={int(row['steps'])},"
+            f"seed={int(row['seed'])}")
 
 
 main = sweep_main(ScheduleAblation)

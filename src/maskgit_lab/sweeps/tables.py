@@ -20,6 +20,14 @@ def fmt(v, digits: int = 2) -> str:
     return str(v)
 
 
+def pm(mean: float, half: float, digits: int = 2) -> str:
+    """'mean ± half-width' for a table cell ('–' for a missing mean, the mean alone without a
+    half-width)."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if half is None or not math.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
 def markdown(table: pd.DataFrame, caption: str) -> str:
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     body = "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))

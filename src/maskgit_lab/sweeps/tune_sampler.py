@@ -24,8 +24,10 @@ from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write, atomic_write_text, sqlite_init_lock
+from maskgit_lab.stats import interval
 from maskgit_lab.sweeps import optuna_study as S
-from maskgit_lab.sweeps.common import TIMING_NOTE, Sweep, decode_params, interval, pm, sweep_main
+from maskgit_lab.sweeps.common import TIMING_NOTE, Sweep, decode_params, sweep_main
+from maskgit_lab.sweeps.tables import pm
 
 OBJECTIVES = ("fid", "fid,time")
 HELD_OUT = 1000  # held-out seeds: 1000 + each of sweep.seeds, never the tuning seed
@@ -47,6 +49,7 @@ class TuneSampler(Sweep):
     kind = "tune_sampler"
     title = ("Tune T, Gumbel temperature, guidance weight/ramp and softmax temperature for one schedule with "
              "Optuna TPE (FID, or FID and time per image), pruning weak trials at a small N first.")
+    folder = "tuner"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
