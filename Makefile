@@ -46,8 +46,8 @@ inception: setup
 run: setup data inception
 	$(PY) sweeps/schedule_ablation.py --config $(CONFIG)
 	$(PY) -m maskgit_lab.sample --config $(CONFIG) --per-class 10 \
-	  --out results/$$(basename $(CONFIG) .yaml)/samples.png \
-	  --process results/$$(basename $(CONFIG) .yaml)/decoding_process.png
+	  --out results/$$(basename $(CONFIG) .yaml)/samples/samples.png \
+	  --process results/$$(basename $(CONFIG) .yaml)/samples/decoding_process.png
 
 # The DVC pipeline (dvc.yaml, params.yaml) inside the project's environment.
 repro: setup data
@@ -81,4 +81,4 @@ ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf runs results/*/samples.png
+	rm -rf runs results/*/samples

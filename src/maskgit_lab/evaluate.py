@@ -2,7 +2,7 @@
 
     python -m maskgit_lab.evaluate --config experiments/fmnist.yaml --n 10000 [--source samples]
         [--schedule cosine --steps 8 ...] [--extractor inception-v3-compat] [--cas] [--nll]
-        [--out results/fmnist/eval-samples.json]
+        [--out results/fmnist/evaluation/eval-samples.json]
 
 ``--source samples``: N class-balanced samples from the trained transformer, streamed
 batch by batch into the feature extractor. ``--source reconstructions``: the tokenizer's
@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(parser)
     parser.add_argument("--cas", action="store_true", help="also the classification accuracy score (trains a classifier)")
     parser.add_argument("--nll", action="store_true", help="also the masked-token NLL on the test tokens")
-    parser.add_argument("--out", help="JSON file for the result (default: results/<experiment>/eval-<source>.json)")
+    parser.add_argument("--out", help="JSON file for the result (default: results/<experiment>/evaluation/eval-<source>.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. evaluator.inception_weights=FILE")
     add_decode_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.batch_size < 1 or args.n < 2:
         raise ConfigError(f"--batch-size must be at least 1 and --n at least 2 (got {args.batch_size}, {args.n})")
-    out = check_output(args.out or f"results/{cfg.name}/eval-{args.source}.json", "--out")
+    out = check_output(args.out or f"results/{cfg.name}/evaluation/eval-{args.source}.json", "--out")
     check_extractor(args.extractor or cfg.evaluator.extractor)
     if args.cas and cfg.data.name != "fmnist":
         raise ConfigError("--cas trains the Fashion-MNIST evaluator's classifier; it needs data.name=fmnist")

@@ -9,7 +9,7 @@ consistency), the classification accuracy score (CAS, a classifier trained on th
 tested on real data), parameters, forward passes per image, seconds per image at batch 1
 and images per second at a large batch (transformer only, the tokenizer's decoder
 excluded), and the held-out NLL. Rows are cells of a resumable Optuna grid, each a nested
-MLflow run; the table goes to results/<experiment>/comparison.{csv,md,json}.
+MLflow run; the table goes to results/<experiment>/table1/comparison.{csv,md,json}.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ For the first N test images: their tokens (from the token cache), the region mas
 sampler run from that partially known grid with the image's own class, the result decoded
 and scored against the same N real test images. The tokenizer's reconstruction of the same
 images (nothing regenerated) is the ceiling row. Resumable Optuna grid over the tasks, one
-nested MLflow run per task; results/<experiment>/editing.{csv,md}.
+nested MLflow run per task; results/<experiment>/table2/editing.{csv,md,json}.
 """
 
 from __future__ import annotations
