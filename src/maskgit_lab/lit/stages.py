@@ -185,9 +185,10 @@ def _finish(stage_dir: Path, logger, metrics: dict) -> None:
         logger.finalize("success")
 
 
-def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True) -> dict:
-    """Train (or reuse) the tokenizer; returns its test-set reconstruction metrics."""
-    d = model_dir(cfg, "tokenizer")
+def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True, folder: Path | None = None) -> dict:
+    """Train (or reuse) the tokenizer in ``folder`` (default: its content-named folder, or the
+    one holding a tokenizer of these settings); returns its test-set reconstruction metrics."""
+    d = Path(folder) if folder is not None else model_dir(cfg, "tokenizer")
     file = d / MODEL_FILES["tokenizer"]
     if file.is_file() and not force:
         payload = _check_same_settings(file, "tokenizer", cfg, TOKENIZER_SECTIONS)
@@ -262,14 +263,15 @@ def tokenize(cfg: ExperimentConfig, force: bool = False) -> Path:
 
 
 def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = True,
-                      kind: str = "transformer") -> dict:
-    """Train (or reuse) a transformer on cached tokens; returns its validation metrics.
+                      kind: str = "transformer", folder: Path | None = None) -> dict:
+    """Train (or reuse) a transformer on cached tokens in ``folder`` (default as for the
+    tokenizer); returns its validation metrics.
 
     kind: "transformer" (MaskGIT, masked visual token modeling) or "ar_transformer" (the
     autoregressive baseline: same network, causal, raster order, same training settings).
     """
     Module = ARModule if kind == "ar_transformer" else MVTMModule
-    d = model_dir(cfg, kind)
+    d = Path(folder) if folder is not None else model_dir(cfg, kind)
     file = d / MODEL_FILES[kind]
     name = d.name
     t = cfg.transformer_train

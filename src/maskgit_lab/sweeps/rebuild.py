@@ -18,31 +18,17 @@ from pathlib import Path
 from maskgit_lab.config import load_config
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import check_output_dir
-from maskgit_lab.sweeps import trainings as tr
 from maskgit_lab.sweeps.choice_temperature import ChoiceTemperature
 from maskgit_lab.sweeps.common import Sweep
 from maskgit_lab.sweeps.comparison import Comparison
 from maskgit_lab.sweeps.editing import Editing
-from maskgit_lab.sweeps.schedule_ablation import (
-    OverTrainings,
-    ScheduleAblation,
-    write_over_trainings,
-)
+from maskgit_lab.sweeps.schedule_ablation import OverTrainings, ScheduleAblation
+from maskgit_lab.sweeps.table3 import rebuild_from_cells
 from maskgit_lab.tracking import sweep_parents, sweep_runs
 
 # The sweep kinds whose tables come from their MLflow runs (the tuner's come from its study).
 KINDS: dict[str, type[Sweep]] = {k.kind: k for k in (ScheduleAblation, OverTrainings, Comparison, Editing,
                                                      ChoiceTemperature)}
-
-
-def from_cells(folder: Path) -> None:
-    info, cells = tr.read_record(folder)
-    if info is None:
-        raise ConfigError(f"{folder} holds no recorded cells ({tr.CELLS_FILE} and {tr.TABLE_FILE}): not a table "
-                          "over trainings")
-    summary = write_over_trainings(cells, folder, info)
-    print(f"table over {summary['trainings']} trainings: {len(cells)} recorded cells -> {folder}/"
-          f"{OverTrainings.table_file}")
 
 
 @cli_errors
@@ -55,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.cells:
-        from_cells(check_output_dir(args.cells, "--cells"))
+        rebuild_from_cells(check_output_dir(args.cells, "--cells"))
         return 0
     cfg = load_config(args.config, args.overrides)
     parents = sweep_parents(cfg.tracking_uri, cfg.name)

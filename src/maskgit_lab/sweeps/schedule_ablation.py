@@ -182,14 +182,7 @@ class ScheduleAblation(Sweep):
 
     @staticmethod
     def select(df: pd.DataFrame, info: dict) -> pd.DataFrame:
-        """The cells of the grid in ``info`` (schedules x steps x seeds, and the reference
-        rows of those seeds)."""
-        keep = pd.to_numeric(df["seed"], errors="coerce").isin(info["seeds"])
-        if "schedule" in df:
-            grid = df["schedule"].isin(info["schedules"]) & pd.to_numeric(df["steps"], errors="coerce").isin(
-                info["steps"])
-            keep &= grid | df["schedule"].isna()
-        return df[keep].reset_index(drop=True)
+        return T3.select_grid(df, info)
 
     @staticmethod
     def write(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
@@ -368,37 +361,15 @@ class OverTrainings(ScheduleAblation):
         return self._finished
 
     def finish(self) -> str:
-        self.summary = write_over_trainings(self.finished_runs(), self.out_dir, self.record_info())
+        self.summary = T3.write_over_trainings(self.finished_runs(), self.out_dir, self.record_info())
         return (self.out_dir / self.table_file).read_text()
-
-    @staticmethod
-    def select(df: pd.DataFrame, info: dict) -> pd.DataFrame:
-        """The cells of the grid in ``info``: trainings 0..K-1, its schedules, T and seeds."""
-        df = ScheduleAblation.select(df, info)
-        if "training" in df:
-            t = pd.to_numeric(df["training"], errors="coerce")
-            df = df[t.isna() | (t < int(info["trainings"]))]
-        return df.reset_index(drop=True)
 
     @staticmethod
     def write(df: pd.DataFrame, out_dir: Path, info: dict) -> str:
         """The table over the grid's trainings, from ``df`` and the folder's recorded cells."""
-        write_over_trainings(df, out_dir, {k: v for k, v in info.items() if k != "sweep_id"}
-                             | {"table_id": info.get("table_id") or info["sweep_id"]})
+        T3.write_over_trainings(df, out_dir, {k: v for k, v in info.items() if k != "sweep_id"}
+                                | {"table_id": info.get("table_id") or info["sweep_id"]})
         return (Path(out_dir) / "schedule_ablation.md").read_text()
-
-
-def write_over_trainings(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
-    """Record ``df``'s cells in ``out_dir`` and write the table over ``info``'s grid from every
-    recorded cell; -> its summary. A training of the grid with no cells is a one-line error."""
-    cells = tr.record(out_dir, info, tr.normalize(df))
-    chosen = OverTrainings.select(cells, info)
-    have = set(chosen["training"].dropna().astype(int)) if "training" in chosen else set()
-    missing = sorted(set(range(int(info["trainings"]))) - have)
-    if missing:
-        raise ConfigError(f"{out_dir}: trainings {missing} have no recorded cells; run the sweep with "
-                          f"--trainings {info['trainings']} to measure them")
-    return T3.write_trainings(chosen, out_dir, {**info, "sweep_id": info["table_id"]})
 
 
 def record_key(row: pd.Series) -> str:

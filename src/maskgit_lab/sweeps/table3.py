@@ -18,6 +18,7 @@ import torch
 
 from maskgit_lab import stats as st
 from maskgit_lab.decoding.schedules import PAPER_LABELS, SCHEDULES, gamma
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.figures import save_figure
 from maskgit_lab.io import atomic_write, atomic_write_text
 from maskgit_lab.sweeps import trainings as tr
@@ -375,3 +376,55 @@ def write_trainings(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
     }
     atomic_write_text(out_dir / "summary.json", _json(summary))
     return summary
+
+
+def select_grid(df: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The cells of the grid ``info`` describes: its schedules x T x seeds (and trainings
+    0..K-1 when it is a table over trainings), and the reference rows of its seeds."""
+    keep = pd.to_numeric(df["seed"], errors="coerce").isin(info["seeds"])
+    if "schedule" in df:
+        grid = df["schedule"].isin(info["schedules"]) & pd.to_numeric(df["steps"], errors="coerce").isin(info["steps"])
+        keep &= grid | df["schedule"].isna()
+    if "training" in df and info.get("trainings"):
+        t = pd.to_numeric(df["training"], errors="coerce")
+        keep &= t.isna() | (t < int(info["trainings"]))
+    return df[keep].reset_index(drop=True)
+
+
+def write_over_trainings(df: pd.DataFrame, out_dir: Path, info: dict) -> dict:
+    """Record ``df``'s cells in ``out_dir`` and write the table over ``info``'s grid from every
+    recorded cell; -> its summary. A training of the grid with no cells is a one-line error."""
+    cells = tr.record(out_dir, info, tr.normalize(df))
+    chosen = select_grid(cells, info)
+    have = set(chosen["training"].dropna().astype(int)) if "training" in chosen else set()
+    missing = sorted(set(range(int(info["trainings"]))) - have)
+    if missing:
+        raise ConfigError(f"{out_dir}: trainings {missing} have no recorded cells; run the sweep with "
+                          f"--trainings {info['trainings']} to measure them")
+    return write_trainings(chosen, out_dir, {**info, "sweep_id": info["table_id"]})
+
+
+def rebuild_from_cells(folder: Path) -> dict:
+    """The table over trainings rebuilt from the cells recorded in ``folder`` (no sampling, no
+    MLflow); -> its summary."""
+    info, cells = tr.read_record(folder)
+    if info is None:
+        raise ConfigError(f"{folder} holds no recorded cells ({tr.CELLS_FILE} and {tr.TABLE_FILE}): not a table "
+                          "over trainings")
+    summary = write_over_trainings(cells, folder, info)
+    print(f"table over {summary['trainings']} trainings: {len(cells)} recorded cells -> {folder}/"
+          "schedule_ablation.md")
+    return summary
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m maskgit_lab.sweeps.table3",
+                            description="Rebuild a table over trainings from the cells recorded in its folder.")
+    parser.add_argument("folder", help="the table's results folder, e.g. results/fmnist/table3_trainings")
+    rebuild_from_cells(Path(parser.parse_args(argv).folder))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
