@@ -24,7 +24,7 @@ V = K + 1 + C + 1
 
 
 def released_transformer_state(seed=0) -> dict:
-    """The released .pth's model_state_dict names and shapes (CHECKPOINT_LAYOUTS.md), random values."""
+    """The released .pth's model_state_dict names and shapes (docs/paper_scale.md), random values."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=0.1, offset=0.0):

@@ -97,7 +97,7 @@ class TokenizerTrainConfig:
     val_every: int = 200
     seed: int = 0
     precision: str = ""  # Lightning precision for this stage; empty: the experiment's
-    compile: bool = False  # torch.compile the tokenizer for training (pays only for long runs)
+    compile: bool = False  # torch.compile the tokenizer for training
 
 
 @dataclass
@@ -113,7 +113,7 @@ class TransformerTrainConfig:
     class_dropout: float = 0.1
     grad_clip: float = 1.0
     ema: float = 0.0  # 0 disables EMA weights, else the decay (e.g. 0.999)
-    compile: bool = False  # torch.compile the transformer for training (pays after some hundred steps)
+    compile: bool = False  # torch.compile the transformer for training
     schedule: str = "cosine"  # training mask schedule gamma
     loss_on: str = "masked"  # masked | all
     val_every: int = 250
@@ -164,7 +164,7 @@ class SweepConfig:
     # Table 3 over this many trainings of every schedule's transformer (training seeds 0..K-1);
     # 0: one training, the config's transformer_train.seed
     trainings: int = 0
-    batch_size: int = 250  # sampling batch: the fastest per image on the 2-core CPU (benchmarks/roofline.py)
+    batch_size: int = 250  # sampling batch
     nll_sequences: int = 2000  # held-out test token grids for the NLL column
     grid_per_class: int = 4  # images per class in each cell's sample-grid artifact
     tune_trials: int = 24
@@ -173,9 +173,8 @@ class SweepConfig:
     tune_max_steps: int = 16
     # The autoregressive baseline's sampling in the comparison (Table 1).
     ar_temperature: float = 1.0
-    # When given, the AR baseline's temperature is chosen from these by FID on a selection
-    # seed (never a reported one) before the comparison: the same tuning budget as MaskGIT's
-    # choice-temperature scan, so Table 1 does not compare a tuned sampler with an untuned one.
+    # When given, the AR baseline's temperature is chosen from these by FID on a seed never
+    # reported (the same tuning budget as MaskGIT's choice temperature).
     ar_temperature_scan: tuple[float, ...] = ()
     ar_top_k: int = 0  # 0: every code
     ar_top_p: float = 1.0
@@ -190,15 +189,13 @@ class ExperimentConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...
-    # Lightning precision of the training stages. auto: bf16-mixed where the hardware runs
-    # bf16 natively (CPU flags amx_bf16 / avx512_bf16, or a CUDA device with bf16), else 32-true.
+    # Lightning precision of the training stages. auto: bf16-mixed where the hardware runs bf16
+    # natively (CPU flags amx_bf16 / avx512_bf16, or a CUDA device with bf16), else 32-true.
     precision: str = "auto"
     # Sampling (transformer and tokenizer decoder): auto | fp32 | bf16 (auto as above).
     inference_precision: str = "auto"
-    # Transformers trained at once when several are missing (the ablation's one per schedule):
-    # auto = on a CPU, one process per core (their threads split the cores; small models train
-    # faster side by side than one at a time on every core), on a GPU one; or a number (1: one
-    # after the other). maskgit_lab.lit.pool.
+    # Transformers trained at once when several are missing: auto = one process per core on a
+    # CPU, one on a GPU; or a number (1: one after the other). maskgit_lab.lit.pool.
     train_workers: Any = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

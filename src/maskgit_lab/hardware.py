@@ -66,8 +66,7 @@ def machine_name(device: str) -> str:
 
 
 # CPU flags of native bf16 matrix arithmetic (AMX tiles, AVX-512 BF16 dot products). Without
-# them PyTorch emulates bf16 and it runs slower than fp32 (measured on a Cascade Lake Xeon:
-# training steps 1.8-2.9x slower in bf16).
+# them PyTorch emulates bf16 and it runs slower than fp32 (docs/speed.md).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")

@@ -12,7 +12,7 @@ parameter names), plain-tensor files that load with ``weights_only=True``; then
 use them like trained ones. Loading is strict: every missing, unexpected or mis-shaped key
 is named. The sources are opened with ``weights_only=True``; an old Lightning ``last.ckpt``
 may pickle more than tensors, and is then opened only with ``--trust-checkpoint``.
-Layouts: ../shared/CHECKPOINT_LAYOUTS.md.
+Layouts: docs/paper_scale.md.
 """
 
 from __future__ import annotations

@@ -94,8 +94,7 @@ def fmnist_evaluator(cfg, device: str = "cpu") -> FeatureExtractor:
 
 def classifier_extractor(net: torch.nn.Module, identity: str, device: str = "cpu") -> FeatureExtractor:
     """A FeatureExtractor over an evaluator classifier (features, logits)."""
-    # channels-last and chunks of 128 images: 1.4x and 1.5x faster on the 2-core CPU than
-    # the default layout at a sweep's batch of 250 (same features to 1e-7)
+    # channels-last, in chunks of 128 images: the fastest layout on the CPU (same features)
     net = net.to(device).to(memory_format=torch.channels_last)
 
     def features(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,11 @@
 """Train several transformers at once on a multi-core CPU: one process per model, the cores
 split between them.
 
-The default's transformers are small (width 128): their matrix products are too short to
-keep two threads busy, so one training on two cores gains far less than two trainings on one
-core each. Measured on a 2-core AMD EPYC Zen 5 (bf16, batch 128): 0.158 s per step with
-2 threads, 0.264 s per step in each of two 1-thread processes side by side, i.e. 0.132 s per
-step of the pair (1.20x the throughput). ``train_workers: auto`` does this on a CPU when
-several models are missing; ``train_workers=1`` trains them one after the other in the
-calling process, as a GPU always does.
+Small transformers' matrix products are too short to keep several threads busy, so
+trainings side by side on one core each outrun the same trainings one after the other on
+every core (docs/speed.md). ``train_workers: auto`` does this on a CPU when several models
+are missing; ``train_workers=1`` trains them one after the other in the calling process, as
+a GPU always does.
 
 Each worker is ``python -m maskgit_lab.lit.pool`` reading its experiment (a ``to_dict`` tree)
 on standard input and running :func:`maskgit_lab.lit.stages.train_transformer`, so a worker

@@ -1,6 +1,6 @@
 """The transformer layout of the released MaskGIT-PyTorch ImageNet weights
 (``transformer.layout: maskgit-pytorch``), parameter for parameter, so their state dict
-loads strictly into it (names and shapes: ../shared/CHECKPOINT_LAYOUTS.md).
+loads strictly into it (names and shapes: docs/paper_scale.md).
 
 Differences from ``MaskGITTransformer``: the class token comes last; the embedding goes
 through LN -> dropout -> Linear -> GELU -> LN -> dropout -> Linear; pre-norm blocks with

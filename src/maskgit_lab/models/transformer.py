@@ -111,8 +111,7 @@ class TokenTransformer(nn.Module):
 
 
 # Longest sequence for which explicit attention beats the fused kernel in reduced precision
-# on the CPU without gradients (bf16, 2-core AMD EPYC Zen 5, benchmarks/roofline.py: 3.2 ms
-# against 8.6 ms at 250 x 4 heads x 65 tokens x 32; the fused kernel wins at 257 tokens).
+# on the CPU without gradients (docs/speed.md).
 EXPLICIT_INFERENCE_MAX_LEN = 128
 
 
@@ -121,14 +120,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, is_causal
     """Multi-head attention over [B, heads, L, head_dim] queries, keys and values.
 
     PyTorch's fused kernel (``scaled_dot_product_attention``), except in reduced precision on
-    the CPU where explicit matmuls are measured faster (benchmarks/roofline.py):
-    - with gradients: the fused kernel's backward is about 5x slower (a bf16 training step
-      of the default transformer, 285 ms fused against 150 ms explicit on a 2-core AMX
-      Xeon); the softmax is taken in fp32 there;
-    - without gradients, for sequences up to ``EXPLICIT_INFERENCE_MAX_LEN`` keys: the fused
-      kernel's blocking does not pay on short sequences (sampling the default transformer,
-      2.7x faster attention); the softmax reads and writes the reduced dtype (computed in
-      fp32 inside the kernel).
+    the CPU, where explicit matmuls are faster (docs/speed.md):
+    - with gradients (the fused kernel's backward is slow there); the softmax is taken in fp32;
+    - without gradients, for sequences up to ``EXPLICIT_INFERENCE_MAX_LEN`` keys (the fused
+      kernel's blocking does not pay on short sequences); the softmax reads and writes the
+      reduced dtype (computed in fp32 inside the kernel).
     All compute softmax(q k^T / sqrt(d) + mask) v.
     """
     reduced_cpu = q.device.type == "cpu" and q.dtype != torch.float32
