@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
+from maskgit_lab.decoding.orders import reveal_increments
 from maskgit_lab.decoding.sampler import (
     DecodeConfig,
     _categorical,
     decode,
-    reveal_increments,
     takes_positions,
 )
 from maskgit_lab.decoding.schedules import gamma

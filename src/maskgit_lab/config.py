@@ -423,7 +423,7 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{where}={list(seeds)} must be one or more distinct integers")
     if sw.n < 2 or sw.tune_n_small < 2 or sw.tune_n_small > sw.n:
         raise ConfigError(f"sweep.n={sw.n} and sweep.tune_n_small={sw.tune_n_small} must satisfy 2 <= tune_n_small <= n")
-    cfg.sampling = cfg.sampling.validated(tok.num_tokens)
+    cfg.sampling = cfg.sampling.validated(tok.num_tokens, tok.codebook_size)
     for t in (sw.ar_temperature, *sw.ar_temperature_scan):
         ARDecodeConfig(temperature=t, top_k=sw.ar_top_k, top_p=sw.ar_top_p).validated(tok.codebook_size)
 

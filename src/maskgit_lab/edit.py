@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"no trained transformer at {ckpt}: run `python -m maskgit_lab.train all` first, "
                           "or pass --checkpoint")
     transformer, tok, mcfg, _ = load_models(ckpt, device=args.device)
-    dcfg = decode_config_from_args(mcfg.sampling, args, transformer.cfg.num_tokens)
+    dcfg = decode_config_from_args(mcfg.sampling, args, transformer.cfg.num_tokens, transformer.cfg.codebook_size)
     names = class_names(mcfg, transformer.cfg.num_classes)
     grid = tok.cfg.grid_size
     if args.mode == "outpaint":

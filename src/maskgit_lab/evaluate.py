@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     dcfg = None
     if args.source == "samples":
         transformer, tok, tcfg, meta = models
-        dcfg = decode_config_from_args(tcfg.sampling, args, transformer.cfg.num_tokens)
+        dcfg = decode_config_from_args(tcfg.sampling, args, transformer.cfg.num_tokens, transformer.cfg.codebook_size)
         check_guidance(tcfg.transformer_train.class_dropout, dcfg)
 
     ev = Evaluation(cfg, args.n, args.extractor, args.device, args.batch_size)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--config {args.config}` first, or pass --checkpoint"
             )
     transformer, tok, cfg, meta = load_models(args.checkpoint, args.tokenizer, args.device)
-    dcfg = decode_config_from_args(cfg.sampling, args, transformer.cfg.num_tokens)
+    dcfg = decode_config_from_args(cfg.sampling, args, transformer.cfg.num_tokens, transformer.cfg.codebook_size)
     check_guidance(cfg.transformer_train.class_dropout, dcfg)
     names = class_names(cfg, transformer.cfg.num_classes)
 

@@ -18,15 +18,16 @@ Official algorithm (MaskGIT, google-research/maskgit), for step s = 0..T-1:
 
 from __future__ import annotations
 
-import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from maskgit_lab.decoding.schedules import canonical_name, gamma
+from maskgit_lab.decoding.orders import MASK_CONVENTIONS, ORDERS, fixed_order, masked_counts
+from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.errors import ConfigError
 
 Tensor = torch.Tensor
@@ -38,15 +39,33 @@ LogitsFn = Callable[[Tensor, Tensor | None], Tensor]
 # code head on the unknown positions only, the two-level inverse CDF.
 NUMERICS_REVISION = 2
 
-MaskConvention = Literal["official", "increments"]
 ConfidenceSource = Literal["tempered", "model"]
 GumbelAnneal = Literal["official", "reproduction"]
-GuidanceRamp = Literal["constant", "linear"]
 
-MASK_CONVENTIONS = ("official", "increments")
 GUMBEL_ANNEALS = ("official", "reproduction")
-GUIDANCE_RAMPS = ("constant", "linear")
+GUIDANCE_RAMPS = ("constant", "linear", "cosine", "interval")
 CONFIDENCE_SOURCES = ("tempered", "model")
+TEMPERATURE_SCHEDULES = ("constant", "linear")
+TEMPERATURE_CONVENTIONS = ("divide", "multiply")
+
+# Each upstream sampler's conventions (not its values: T, w, tau and the temperatures stay the
+# config's). docs/decoding.md maps every upstream parameter to these.
+PRESETS: dict[str, dict[str, object]] = {
+    # google-research/maskgit: cumulative counts, noise annealed by 1 - (s+1)/T, log p of the
+    # model's own distribution, no guidance
+    "official": {"order": "confidence", "mask_convention": "official", "gumbel_anneal": "official",
+                 "confidence": "model", "temperature_convention": "divide", "temperature_schedule": "constant",
+                 "guidance_ramp": "constant", "redraw_revealed": False},
+    # valeoai/Maskgit-pytorch v1.0: per-step increments, noise annealed by 1 - s/(T-1), a
+    # temperature that multiplies the logits, guidance ramped by s/(T-1)
+    "maskgit-pytorch": {"order": "confidence", "mask_convention": "increments", "gumbel_anneal": "reproduction",
+                        "confidence": "tempered", "temperature_convention": "multiply",
+                        "temperature_schedule": "constant", "guidance_ramp": "linear", "redraw_revealed": False},
+    # valeoai/Halton-MaskGIT: the Halton order, counts revealed as max(s+1, int((1 - gamma) N)),
+    # a multiplying temperature ramped from min to max, constant guidance, new positions only
+    "halton-maskgit": {"order": "halton", "mask_convention": "revealed", "temperature_convention": "multiply",
+                       "temperature_schedule": "linear", "guidance_ramp": "constant", "redraw_revealed": False},
+}
 
 
 @dataclass(frozen=True)
@@ -54,35 +73,61 @@ class DecodeConfig:
     """Settings of one decode.
 
     steps: T, the number of parallel decoding steps (1 <= T <= N).
-    schedule: mask schedule name (see ``maskgit_lab.schedules``).
+    schedule: mask schedule name (see ``maskgit_lab.schedules``): how many tokens stay masked.
+    order: which positions are revealed: ``confidence`` (the most confident drawn tokens,
+        with Gumbel noise), ``random`` (a random permutation per sample) or ``halton`` (the
+        2-D Halton sequence over the grid; ``halton_shift`` rolls it by a random offset per
+        sample). The fixed orders use no confidence and no choice noise.
     choice_temperature: tau, scale of the Gumbel noise added to the confidence
         (official default 4.5; 0 gives deterministic most-confident-first).
-    softmax_temperature: logits are divided by it before sampling tokens; 1 is the
-        model's distribution, 0 takes the argmax. (The reproduction's "temperature"
-        multiplies the logits: its value r corresponds to 1/r here.)
-    mask_convention: "official" re-masks floor(U0 * gamma((s+1)/T)) tokens after step s;
-        "increments" reveals a fixed number per step (the reproduction's convention).
+    softmax_temperature: the token temperature t (``temperature_schedule`` constant).
+    temperature_schedule: ``constant`` (t) or ``linear``: t_s = linspace(temperature_min,
+        temperature_max, T)[s] ** temperature_power; either is halved for the first
+        ``temperature_warmup`` steps.
+    temperature_convention: ``divide`` (softmax(logits / t), t = 0 the argmax) or ``multiply``
+        (softmax(logits * t), the reproduction's and its successor's "temperature").
+    top_k: draw among the k most probable codes only (0: all).
+    mask_convention: how many tokens stay masked after each step (``orders.masked_counts``):
+        "official", "increments" (the reproduction) or "revealed" (the successor).
     gumbel_anneal: "official" scales tau by 1 - (s+1)/T; "reproduction" by 1 - s/(T-1).
-    guidance_weight: w of classifier-free guidance (0 disables the unconditional pass).
-    guidance_ramp: "constant" uses w at every step; "linear" uses w * s/(T-1).
+    guidance_weight: w of classifier-free guidance, logits (1 + w_s) c - w_s u (0 disables the
+        unconditional pass; the form s = 1 + w of other codebases is the same guidance).
+    guidance_ramp: w_s at step s (``guidance_at``): "constant" w; "linear" w s/(T-1); "cosine"
+        w (1 - cos(pi s/(T-1)))/2; "interval" w while s/(T-1) lies in ``guidance_interval``, else 0.
     confidence: the log-probability the confidence starts from: "tempered" is log p of the
-        sampled token under the distribution it was drawn from, softmax(logits / t) (the
-        reproduction's choice); "model" is log p under the model's own softmax(logits). Equal
-        at t = 1; with t = 0 (argmax) both use the model's distribution.
+        sampled token under the distribution it was drawn from (the reproduction's choice);
+        "model" is log p under the model's own softmax(logits). Equal at t = 1; with t = 0
+        (argmax) both use the model's distribution.
+    redraw_revealed: a fixed order draws every position revealed so far again at each step
+        (an earlier version of the successor); by default revealed tokens are kept.
+    preset: "", or an upstream whose conventions are used (``PRESETS``).
     """
 
     steps: int = 8
     schedule: str = "cosine"
+    order: str = "confidence"
+    halton_shift: bool = False
     choice_temperature: float = 4.5
     softmax_temperature: float = 1.0
-    mask_convention: MaskConvention = "official"
+    temperature_schedule: str = "constant"
+    temperature_min: float = 1.0
+    temperature_max: float = 1.0
+    temperature_power: float = 1.0
+    temperature_warmup: int = 0
+    temperature_convention: str = "divide"
+    top_k: int = 0
+    mask_convention: str = "official"
     gumbel_anneal: GumbelAnneal = "official"
     guidance_weight: float = 0.0
-    guidance_ramp: GuidanceRamp = "linear"
+    guidance_ramp: str = "linear"
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     confidence: ConfidenceSource = "tempered"
+    redraw_revealed: bool = False
+    preset: str = ""
 
-    def validated(self, num_tokens: int) -> DecodeConfig:
-        """Return a copy with the canonical schedule name, or raise ConfigError."""
+    def validated(self, num_tokens: int, codebook_size: int | None = None) -> DecodeConfig:
+        """Return a copy with the canonical schedule name and the preset's conventions, or
+        raise ConfigError naming the bad value and the valid choices."""
         if not isinstance(self.steps, int) or isinstance(self.steps, bool):
             raise ConfigError(f"steps T must be an integer, got {self.steps!r}")
         if not 1 <= self.steps <= num_tokens:
@@ -90,22 +135,73 @@ class DecodeConfig:
                 f"steps T={self.steps} is impossible: T must be between 1 and N={num_tokens} "
                 "(the number of tokens in the grid)"
             )
-        for name, value in (
-            ("choice_temperature", self.choice_temperature),
-            ("softmax_temperature", self.softmax_temperature),
-            ("guidance_weight", self.guidance_weight),
-        ):
-            if not value >= 0:  # also rejects NaN
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+        values = dict(self.__dict__)
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown sampling preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+            defaults = DecodeConfig()
+            for k, v in PRESETS[self.preset].items():
+                if values[k] not in (v, getattr(defaults, k)):
+                    raise ConfigError(f"sampling preset {self.preset} sets {k}={v!r}; {k}={values[k]!r} contradicts "
+                                      "it (leave it out, or drop the preset)")
+                values[k] = v
+        for name in ("choice_temperature", "softmax_temperature", "guidance_weight", "temperature_min",
+                     "temperature_max", "temperature_power"):
+            v = values[name]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         for name, value, valid in (
-            ("mask_convention", self.mask_convention, MASK_CONVENTIONS),
-            ("gumbel_anneal", self.gumbel_anneal, GUMBEL_ANNEALS),
-            ("guidance_ramp", self.guidance_ramp, GUIDANCE_RAMPS),
-            ("confidence", self.confidence, CONFIDENCE_SOURCES),
+            ("order", values["order"], ORDERS),
+            ("mask_convention", values["mask_convention"], MASK_CONVENTIONS),
+            ("gumbel_anneal", values["gumbel_anneal"], GUMBEL_ANNEALS),
+            ("guidance_ramp", values["guidance_ramp"], GUIDANCE_RAMPS),
+            ("confidence", values["confidence"], CONFIDENCE_SOURCES),
+            ("temperature_schedule", values["temperature_schedule"], TEMPERATURE_SCHEDULES),
+            ("temperature_convention", values["temperature_convention"], TEMPERATURE_CONVENTIONS),
         ):
             if value not in valid:
                 raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        return DecodeConfig(**{**self.__dict__, "schedule": canonical_name(self.schedule)})
+        a, b = (tuple(values["guidance_interval"]) + (None, None))[:2]
+        if len(tuple(values["guidance_interval"])) != 2 or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in (a, b)) or a > b:
+            raise ConfigError(f"guidance_interval must be two numbers a <= b in [0, 1], got "
+                              f"{list(values['guidance_interval'])}")
+        for name in ("temperature_warmup", "top_k"):
+            v = values[name]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, got {v!r}")
+        if codebook_size is not None and values["top_k"] > codebook_size:
+            raise ConfigError(f"top_k={values['top_k']} is larger than the codebook ({codebook_size} codes)")
+        if values["redraw_revealed"] and values["order"] == "confidence":
+            raise ConfigError("redraw_revealed goes with a fixed order (random or halton), not order=confidence")
+        values.update(schedule=canonical_name(self.schedule), guidance_interval=(float(a), float(b)))
+        return DecodeConfig(**values)
+
+
+def guidance_at(cfg: DecodeConfig, s: int) -> float:
+    """The guidance weight w_s of step s (0-based) under ``cfg.guidance_ramp``."""
+    w, steps = cfg.guidance_weight, cfg.steps
+    progress = s / (steps - 1) if steps > 1 else 1.0
+    if cfg.guidance_ramp == "constant":
+        return w
+    if cfg.guidance_ramp == "linear":
+        return w * progress
+    if cfg.guidance_ramp == "cosine":
+        return w * (1 - math.cos(math.pi * progress)) / 2
+    lo, hi = cfg.guidance_interval
+    return w if lo <= progress <= hi else 0.0
+
+
+def token_temperature(cfg: DecodeConfig, s: int) -> float:
+    """The token temperature of step s (in ``cfg.temperature_convention``), float32 arithmetic
+    as the successor computes it."""
+    if cfg.temperature_schedule == "constant":
+        t = torch.tensor(cfg.softmax_temperature, dtype=torch.float32)
+    else:
+        t = torch.linspace(cfg.temperature_min, cfg.temperature_max, cfg.steps)[s] ** cfg.temperature_power
+    if s < cfg.temperature_warmup:
+        t = t * 0.5
+    return float(t)
 
 
 @dataclass
@@ -123,30 +219,6 @@ class DecodeResult:
     states: Tensor | None = None
     predictions: Tensor | None = None
     log_probs: Tensor | None = None
-
-
-@functools.lru_cache(maxsize=4096)
-def reveal_increments(schedule: str, steps: int, unknown: int, num_tokens: int) -> tuple[int, ...]:
-    """Tokens revealed at each step under the "increments" convention.
-
-    Weights gamma(r) on the grid r = 1, ..., 0 (T points, as in the reproduction) are
-    normalised to sum to ``unknown`` and rounded; every step reveals at least one token
-    and the last step takes the remainder. Where rounding overshoots, the largest earlier
-    increments give tokens back, so the total is exactly ``unknown``. When fewer tokens
-    than steps are unknown, the first ``unknown`` steps reveal one each.
-    """
-    if unknown <= 0:
-        return (0,) * steps
-    if unknown <= steps:
-        return tuple([1] * unknown + [0] * (steps - unknown))
-    grid = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
-    w = gamma(schedule, grid, num_tokens)
-    n = torch.round(w / w.sum() * unknown).clamp(min=1).long().tolist()
-    head = n[:-1]
-    while sum(head) > unknown - 1:
-        i = max(range(len(head)), key=lambda j: head[j])
-        head[i] -= 1
-    return tuple(head + [unknown - sum(head)])
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -210,6 +282,28 @@ def _guided_logits(
     return (1.0 + weight) * cond - weight * unc
 
 
+def _draw(sub: Tensor, cfg: DecodeConfig, t: float, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """(drawn codes [M], the tempered distribution [M, K] or None for the argmax) at the
+    token temperature ``t`` in ``cfg.temperature_convention``, among the ``cfg.top_k`` most
+    probable codes when set."""
+    if cfg.temperature_convention == "divide" and t == 0:
+        return sub.argmax(dim=-1), None
+    scaled = sub if t == 1 else (sub / t if cfg.temperature_convention == "divide" else sub * t)
+    probs = torch.softmax(scaled, dim=-1)
+    if cfg.top_k and cfg.top_k < probs.shape[-1]:
+        top, idx = probs.topk(cfg.top_k, dim=-1)
+        return idx.gather(-1, _categorical(top / top.sum(-1, keepdim=True), generator)[:, None]).squeeze(-1), probs
+    return _categorical(probs, generator), probs
+
+
+def default_grid(num_tokens: int) -> tuple[int, int]:
+    """The square grid of ``num_tokens`` tokens (a fixed order needs the grid's shape)."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ConfigError(f"{num_tokens} tokens are not a square grid: pass the grid's (rows, cols)")
+    return side, side
+
+
 @torch.no_grad()
 def decode(
     logits_fn: LogitsFn,
@@ -220,6 +314,7 @@ def decode(
     labels: Tensor | None = None,
     null_label: int | None = None,
     return_history: bool = False,
+    grid: tuple[int, int] | None = None,
 ) -> DecodeResult:
     """Fill every ``mask_id`` position of ``tokens`` in ``config.steps`` parallel steps.
 
@@ -235,6 +330,7 @@ def decode(
         null_label: the class id meaning "no class" (needed for guidance).
         return_history: also return the grid, the predictions and the log p of the sampled
             tokens after every step.
+        grid: (rows, cols) of the token grid, for the Halton order (default: square).
 
     Returns:
         DecodeResult with ``tokens`` [B, N] where no ``mask_id`` is left and every
@@ -249,73 +345,55 @@ def decode(
 
     cur = tokens.clone()
     unknown0 = (cur == mask_id).sum(dim=1)  # U0 per row, [B]
-    # The schedules that depend on the number of maskable tokens (logarithmic, exponential)
-    # take each row's U0, as the official code does: on a partially known grid that is the
-    # count of unknown tokens, not the grid size. (One host read, before the loop.)
-    u0_rows = unknown0.tolist()
-    if cfg.mask_convention == "increments":
-        # Tokens still masked after each step, per row: U0 - cumulative increments.
-        remaining = torch.stack(
-            [u - torch.tensor(reveal_increments(cfg.schedule, steps, u, max(u, 2))).cumsum(0) for u in u0_rows]
-        ).to(device)  # [B, T]
-    else:
-        ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
-        frac_of = {u: gamma(cfg.schedule, ratios, max(u, 2)) for u in set(u0_rows)}
-        frac = torch.stack([frac_of[u] for u in u0_rows]).to(device)  # [B, T]
-        # floor(U0 * gamma) per row and step, computed in float64 to avoid off-by-one.
-        remaining = torch.floor(unknown0.double()[:, None] * frac).long()  # [B, T]
-
+    # Tokens still masked after each step, per row (orders.masked_counts; one host read).
+    masked = torch.tensor([masked_counts(cfg.mask_convention, cfg.schedule, steps, u) for u in unknown0.tolist()],
+                          dtype=torch.long, device=device).reshape(bsz, steps)
     subset = takes_positions(logits_fn)
+    if cfg.order != "confidence":
+        order = fixed_order(cfg.order, cur == mask_id, grid or default_grid(n_tok), generator, cfg.halton_shift)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_tok, device=device).expand(bsz, n_tok))
+        revealed = unknown0[:, None] - masked  # [B, T] revealed after each step
     states, preds, logps = [], [], []
     for s in range(steps):
         unknown_map = cur == mask_id  # [B, N]
-        n_unknown = unknown_map.sum(dim=1)
-        if cfg.guidance_ramp == "linear":
-            w = cfg.guidance_weight * (s / (steps - 1) if steps > 1 else 1.0)
-        else:
-            w = cfg.guidance_weight
-        # Work on the unknown positions only ([M, K], M = their count): known tokens are
-        # kept, so their logits need no head, no softmax and no random draws. One softmax
-        # pass gives the draw and the confidence of the drawn token.
-        logits = _guided_logits(logits_fn, cur, labels, null_label, w, unknown_map if subset else None)
+        last = s == steps - 1
+        if cfg.order == "confidence":
+            draw_map = unknown_map
+        else:  # the positions written at this step: the order's next ones (all revealed ones to redraw)
+            before = revealed[:, s - 1:s] if s else torch.zeros_like(revealed[:, :1])
+            draw_map = (rank < revealed[:, s:s + 1]) & ((rank >= before) | cfg.redraw_revealed)
+        # Work on the positions drawn only ([M, K], M = their count): known tokens are kept,
+        # so their logits need no head, no softmax and no random draws. One softmax pass gives
+        # the draw and the confidence of the drawn token.
+        logits = _guided_logits(logits_fn, cur, labels, null_label, guidance_at(cfg, s), draw_map if subset else None)
         if subset:
-            if logits.dim() != 2 or logits.shape[0] != (m := int(n_unknown.sum())):
+            if logits.dim() != 2 or logits.shape[0] != (m := int(draw_map.sum())):
                 raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected [M={m}, K] for the unknown positions")
             sub = logits.float()
         else:
             if logits.shape[:2] != (bsz, n_tok):
                 raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected [B={bsz}, N={n_tok}, K]")
-            sub = logits[unknown_map].float()
-        t = cfg.softmax_temperature
-        last = s == steps - 1
-        if not last and (t == 0 or cfg.confidence == "model"):
+            sub = logits[draw_map].float()
+        if cfg.top_k > sub.shape[-1]:
+            raise ConfigError(f"top_k={cfg.top_k} is larger than the codebook ({sub.shape[-1]} codes)")
+        t = token_temperature(cfg, s)
+        argmax = cfg.temperature_convention == "divide" and t == 0
+        confident = cfg.order == "confidence" and not last
+        if confident and (argmax or cfg.confidence == "model"):
             log_z = sub.logsumexp(dim=-1)  # log p under the model: logit - log Z
-        if t == 0:
-            picked = sub.argmax(dim=-1)
-        else:
-            probs = torch.softmax(sub if t == 1 else sub / t, dim=-1)
-            picked = _categorical(probs, generator)
+        picked, probs = _draw(sub, cfg, t, generator)
         sampled = cur.clone()
-        sampled[unknown_map] = picked
-        if not last or return_history:
-            if t == 0 or cfg.confidence == "model":
-                sub_logp = sub.gather(-1, picked[:, None]).squeeze(-1) - (log_z if not last else sub.logsumexp(-1))
+        sampled[draw_map] = picked
+        if confident or return_history:
+            if argmax or cfg.confidence == "model":
+                sub_logp = sub.gather(-1, picked[:, None]).squeeze(-1) - (log_z if confident else sub.logsumexp(-1))
             else:
                 sub_logp = probs.gather(-1, picked[:, None]).squeeze(-1).log()
 
-        if last:
+        if last or cfg.order != "confidence":
             cur = sampled
-            n_mask = torch.zeros_like(n_unknown)
         else:
-            if cfg.mask_convention == "increments":
-                n_mask = remaining[:, s].clamp(min=0)
-                n_mask = torch.minimum(n_mask, n_unknown)
-            else:
-                n_mask = torch.maximum(
-                    torch.ones_like(n_unknown),
-                    torch.minimum(n_unknown - 1, remaining[:, s]),
-                )
-                n_mask = torch.minimum(n_mask, n_unknown)  # rows with nothing unknown stay full
+            n_mask = masked[:, s]
             sub_conf = sub_logp
             if cfg.gumbel_anneal == "official":
                 anneal = 1.0 - (s + 1) / steps
@@ -327,15 +405,15 @@ def decode(
             confidence = torch.full((bsz, n_tok), float("inf"), device=device)
             confidence[unknown_map] = sub_conf
             # Re-mask the n_mask least confident positions of each row.
-            order = confidence.argsort(dim=1)
+            order_c = confidence.argsort(dim=1)
             rank_masked = torch.arange(n_tok, device=device)[None, :] < n_mask[:, None]
-            remask = torch.zeros_like(unknown_map).scatter(1, order, rank_masked)
+            remask = torch.zeros_like(unknown_map).scatter(1, order_c, rank_masked)
             cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
         if return_history:
             states.append(cur.clone())
             preds.append(sampled.clone())
             lp = torch.full((bsz, n_tok), float("nan"), device=device)
-            lp[unknown_map] = sub_logp
+            lp[draw_map] = sub_logp
             logps.append(lp)
 
     return DecodeResult(
@@ -344,4 +422,3 @@ def decode(
         predictions=torch.stack(preds) if return_history else None,
         log_probs=torch.stack(logps) if return_history else None,
     )
-
