@@ -283,3 +283,33 @@ def test_table_over_trainings_by_two_workers_then_grown_and_rebuilt(trained, tmp
     (out / "schedule_ablation.md").unlink()
     assert rebuild.main(["--cells", str(out)]) == 0
     assert (out / "schedule_ablation.md").read_text() == grown
+
+
+def test_order_ablation_grid_table_and_figure(trained, tmp_path):
+    """order x schedule x T x seed, each schedule's own model: every cell once in MLflow, the
+    table's intervals are the seeds' t intervals, and the paired differences against the
+    confidence order are those of the cells."""
+    from maskgit_lab.sweeps import order_ablation
+
+    assert order_ablation.main(sweep_args(trained, tmp_path, "sweep.steps=[2,4]",
+                                          "sweep.schedules=[cosine,linear]")) == 0
+    out = tmp_path / "results"
+    for f in ("order_ablation.md", "order_ablation.csv", "order_ablation.tex", "order_vs_steps.png", "summary.json",
+              "order_ablation_cells.csv"):
+        assert (out / f).stat().st_size > 0, f
+    raw = pd.read_csv(out / "order_ablation_cells.csv")
+    grid = raw[raw["order"].notna()]
+    assert len(grid) == 3 * 2 * 2 * 2 and set(grid["order"]) == {"confidence", "random", "halton"}
+    assert len(finished_cells(tmp_path)) == len(grid) + 4
+    summary = json.loads((out / "summary.json").read_text())
+    for c in summary["cells"]:
+        g = grid[(grid["order"] == c["order"]) & (grid["schedule"] == c["schedule"]) & (grid["steps"] == c["steps"])]
+        fid = g.sort_values("seed")["fid"].to_numpy()
+        assert c["mean"] == pytest.approx(fid.mean())
+        assert c["half"] == pytest.approx(stats.t.ppf(0.975, len(fid) - 1) * fid.std(ddof=1) / np.sqrt(len(fid)))
+        if c["order"] != "confidence":
+            conf = grid[(grid["order"] == "confidence") & (grid["schedule"] == c["schedule"]) &
+                        (grid["steps"] == c["steps"])].sort_values("seed")["fid"].to_numpy()
+            assert c["diff_vs_confidence"] == pytest.approx((fid - conf).mean())
+    md = (out / "order_ablation.md").read_text()
+    assert "Halton" in md and "against the confidence order" in md

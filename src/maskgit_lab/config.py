@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from maskgit_lab.decoding.ar_sampler import ARDecodeConfig
+from maskgit_lab.decoding.orders import ORDERS
 from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.errors import ConfigError
@@ -164,6 +165,8 @@ class SweepConfig:
     # Table 3 over this many trainings of every schedule's transformer (training seeds 0..K-1);
     # 0: one training, the config's transformer_train.seed
     trainings: int = 0
+    # The orders of the order ablation (sweeps/order_ablation.py): which positions are revealed
+    orders: tuple[str, ...] = ("confidence", "random", "halton")
     batch_size: int = 250  # sampling batch
     nll_sequences: int = 2000  # held-out test token grids for the NLL column
     grid_per_class: int = 4  # images per class in each cell's sample-grid artifact
@@ -408,6 +411,8 @@ def validate(cfg: ExperimentConfig) -> None:
     sw.tune_schedule = canonical_name(sw.tune_schedule)
     if sw.mode not in ("decode", "train"):
         raise ConfigError(f"unknown sweep.mode {sw.mode!r}; valid: decode, train")
+    if not sw.orders or len(set(sw.orders)) != len(sw.orders) or set(sw.orders) - set(ORDERS):
+        raise ConfigError(f"sweep.orders={list(sw.orders)} must be distinct values of: {', '.join(ORDERS)}")
     if sw.trainings and not 2 <= sw.trainings <= MAX_TRAININGS:
         raise ConfigError(f"sweep.trainings={sw.trainings}: a table over trainings needs 2 to {MAX_TRAININGS} of "
                           "them (0: one training)")

@@ -178,6 +178,28 @@ class DecodeConfig:
         return DecodeConfig(**values)
 
 
+def upstream_values(cfg: DecodeConfig) -> dict[str, object]:
+    """The decode in each upstream's own parameter names and conventions (docs/decoding.md),
+    where it can say it: the reproduction's ``sm_temp`` multiplies the logits, so it is 1/t of
+    a dividing t; guidance as s = 1 + w for codebases that write it so."""
+    t = cfg.softmax_temperature
+    multiplier = t if cfg.temperature_convention == "multiply" else (1 / t if t else float("inf"))
+    out: dict[str, object] = {"official.choice_temperature": cfg.choice_temperature,
+                              "official.mask_scheduling_method": cfg.schedule, "official.num_iter": cfg.steps,
+                              "maskgit-pytorch.step": cfg.steps, "maskgit-pytorch.sched_mode": cfg.schedule,
+                              "maskgit-pytorch.r_temp": cfg.choice_temperature, "maskgit-pytorch.cfg_w": cfg.guidance_weight,
+                              "maskgit-pytorch.sm_temp": multiplier, "guidance_scale_s": 1 + cfg.guidance_weight}
+    if cfg.temperature_schedule == "linear":
+        lo, hi = ((cfg.temperature_min, cfg.temperature_max) if cfg.temperature_convention == "multiply" else
+                  tuple(1 / x if x else float("inf") for x in (cfg.temperature_min, cfg.temperature_max)))
+        out.update({"halton-maskgit.sm_temp_min": lo, "halton-maskgit.sm_temp_max": hi,
+                    "halton-maskgit.temp_pow": cfg.temperature_power})
+    out.update({"halton-maskgit.step": cfg.steps, "halton-maskgit.w": cfg.guidance_weight,
+                "halton-maskgit.randomize": cfg.halton_shift, "halton-maskgit.top_k": cfg.top_k or -1,
+                "halton-maskgit.temp_warmup": cfg.temperature_warmup})
+    return out
+
+
 def guidance_at(cfg: DecodeConfig, s: int) -> float:
     """The guidance weight w_s of step s (0-based) under ``cfg.guidance_ramp``."""
     w, steps = cfg.guidance_weight, cfg.steps

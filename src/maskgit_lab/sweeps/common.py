@@ -33,7 +33,7 @@ from maskgit_lab.cli import add_device_argument
 from maskgit_lab.config import ExperimentConfig, load_config
 from maskgit_lab.data import class_names
 from maskgit_lab.decoding.generate import check_guidance, for_sampling, iter_images
-from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig
+from maskgit_lab.decoding.sampler import NUMERICS_REVISION, DecodeConfig, upstream_values
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.eval import metrics as M
 from maskgit_lab.eval.evaluation import Evaluation, held_out_codes
@@ -102,7 +102,10 @@ def ensure_models(cfg: ExperimentConfig, schedules: Iterable[str], log: bool = T
 
 
 def decode_params(dcfg: DecodeConfig) -> dict:
-    return {f"decode.{k}": v for k, v in dcfg.__dict__.items()}
+    """A decode's settings as MLflow params: the suite's (``decode.*``) and each upstream's
+    names for them (``upstream.*``)."""
+    return {**{f"decode.{k}": v for k, v in dcfg.__dict__.items()},
+            **{f"upstream.{k}": v for k, v in upstream_values(dcfg).items()}}
 
 
 def class_rows(images: Tensor, num_classes: int) -> Tensor:
@@ -172,6 +175,11 @@ class Sweep:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The kind's own command-line arguments."""
+
+    @classmethod
+    def config_defaults(cls) -> list[str]:
+        """The kind's own defaults, as overrides the config file and the command line override."""
+        return []
 
     @classmethod
     def config_overrides(cls, args: argparse.Namespace) -> list[str]:
@@ -434,7 +442,7 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         add_sweep_arguments(parser)
         kind.add_arguments(parser)
         args = parser.parse_intermixed_args(argv)
-        cfg = load_config(args.config, list(args.overrides) + kind.config_overrides(args))
+        cfg = load_config(args.config, kind.config_defaults() + list(args.overrides) + kind.config_overrides(args))
         sweep = kind.create(cfg, args)
         sweep.check()
         storage = S.open_storage(args.storage, cfg.runs_dir)

@@ -22,13 +22,14 @@ from maskgit_lab.sweeps.choice_temperature import ChoiceTemperature
 from maskgit_lab.sweeps.common import Sweep
 from maskgit_lab.sweeps.comparison import Comparison
 from maskgit_lab.sweeps.editing import Editing
+from maskgit_lab.sweeps.order_ablation import OrderAblation
 from maskgit_lab.sweeps.schedule_ablation import OverTrainings, ScheduleAblation
 from maskgit_lab.sweeps.table3 import rebuild_from_cells
 from maskgit_lab.tracking import sweep_parents, sweep_runs
 
 # The sweep kinds whose tables come from their MLflow runs (the tuner's come from its study).
-KINDS: dict[str, type[Sweep]] = {k.kind: k for k in (ScheduleAblation, OverTrainings, Comparison, Editing,
-                                                     ChoiceTemperature)}
+KINDS: dict[str, type[Sweep]] = {k.kind: k for k in (ScheduleAblation, OverTrainings, OrderAblation, Comparison,
+                                                     Editing, ChoiceTemperature)}
 
 
 @cli_errors

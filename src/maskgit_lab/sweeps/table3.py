@@ -176,12 +176,12 @@ def _write_tables(table: pd.DataFrame, caption: str, out_dir: Path, extra_md: st
     atomic_write_text(out_dir / "schedule_ablation.tex", latex(table, caption.replace("_", r"\_").replace("%", r"\%")))
 
 
-def _plain(obj):
+def plain(obj):
     """JSON-ready: numpy numbers as Python numbers, NaN as null."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -190,7 +190,7 @@ def _plain(obj):
 
 
 def _json(obj) -> str:
-    return json.dumps(_plain(obj), indent=2) + "\n"
+    return json.dumps(plain(obj), indent=2) + "\n"
 
 
 def _references_summary(ref: pd.DataFrame) -> dict:

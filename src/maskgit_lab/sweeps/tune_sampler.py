@@ -34,14 +34,25 @@ HELD_OUT = 1000  # held-out seeds: 1000 + each of sweep.seeds, never the tuning 
 
 
 def suggest(trial: optuna.Trial, base: DecodeConfig, max_steps: int, guidance: bool) -> DecodeConfig:
-    """A DecodeConfig drawn from the search space."""
+    """A DecodeConfig drawn from the search space: T, the order of the positions, the choice
+    temperature (confidence order only), the token temperature (constant, or a linear ramp
+    between two values) and, for a model with a null class, the guidance weight and ramp."""
+    order = trial.suggest_categorical("order", ["confidence", "random", "halton"])
+    schedule = trial.suggest_categorical("temperature_schedule", ["constant", "linear"])
+    temperatures = ({"softmax_temperature": trial.suggest_float("softmax_temperature", 0.6, 1.4)}
+                    if schedule == "constant" else
+                    {"temperature_min": trial.suggest_float("temperature_min", 0.6, 1.4),
+                     "temperature_max": trial.suggest_float("temperature_max", 0.6, 1.4)})
     return replace(
-        base,
+        base, **temperatures,
         steps=trial.suggest_int("steps", 2, max_steps),
-        choice_temperature=trial.suggest_float("choice_temperature", 0.5, 12.0, log=True),
-        softmax_temperature=trial.suggest_float("softmax_temperature", 0.6, 1.4),
+        order=order,
+        temperature_schedule=schedule,
+        choice_temperature=(trial.suggest_float("choice_temperature", 0.5, 12.0, log=True)
+                            if order == "confidence" else base.choice_temperature),
         guidance_weight=trial.suggest_float("guidance_weight", 0.0, 3.0) if guidance else 0.0,
-        guidance_ramp=trial.suggest_categorical("guidance_ramp", ["constant", "linear"]) if guidance else "constant",
+        guidance_ramp=(trial.suggest_categorical("guidance_ramp", ["constant", "linear", "cosine"])
+                       if guidance else "constant"),
     )
 
 
@@ -90,12 +101,10 @@ class TuneSampler(Sweep):
 
     def trial_config(self, trial) -> DecodeConfig:
         """The decode settings of a finished trial."""
-        p = trial.params
-        return replace(self.cfg.sampling, schedule=self.schedule, steps=p["steps"],
-                       choice_temperature=p["choice_temperature"], softmax_temperature=p["softmax_temperature"],
-                       guidance_weight=p.get("guidance_weight", 0.0),
-                       guidance_ramp=p.get("guidance_ramp", "constant")).validated(
-            self.model().transformer.cfg.num_tokens)
+        fields = set(DecodeConfig.__dataclass_fields__)
+        chosen = {k: v for k, v in trial.params.items() if k in fields}
+        fixed = {"schedule": self.schedule, "guidance_weight": 0.0, "guidance_ramp": "constant"}
+        return replace(self.cfg.sampling, **{**fixed, **chosen}).validated(self.model().transformer.cfg.num_tokens)
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         sw = self.cfg.sweep
