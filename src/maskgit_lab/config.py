@@ -47,6 +47,8 @@ def read_yaml(text: str):
 
 
 MAX_TRAININGS = 1000
+# Tokenizer layouts (models.registry builds each one); "vqgan" is the one the suite trains.
+TOKENIZER_LAYOUTS = ("vqgan", "llamagen")
 # Feature extractors for the metrics, by name (eval.metrics.EXTRACTORS builds each one).
 EXTRACTOR_NAMES = ("fmnist-evaluator", "inception-v3-compat")
 
@@ -375,6 +377,10 @@ def validate(cfg: ExperimentConfig) -> None:
         if not (math.isfinite(value) and 0 <= value <= 1):
             raise ConfigError(f"{where} must be a number between 0 and 1, got {value}")
     tok = cfg.tokenizer
+    if tok.layout not in TOKENIZER_LAYOUTS:
+        raise ConfigError(f"unknown tokenizer.layout {tok.layout!r}; valid: {', '.join(TOKENIZER_LAYOUTS)}")
+    if cfg.transformer.registers < 0:
+        raise ConfigError(f"transformer.registers must be >= 0, got {cfg.transformer.registers}")
     if tok.resolution % 2 ** (len(tok.ch_mult) - 1):
         raise ConfigError(
             f"tokenizer.resolution={tok.resolution} is not divisible by the downsampling "

@@ -57,8 +57,8 @@ def model_key(cfg: ExperimentConfig | dict, kind: str) -> str:
     """The content key of the model of ``kind`` that ``cfg`` trains."""
     if kind not in MODEL_SETTINGS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODEL_SETTINGS)}")
-    if isinstance(cfg, ExperimentConfig):
-        cfg = from_dict(to_dict(cfg))  # resolved the way a stored config is: presets filled in
+    # read the way a stored config is read: settings added since then take their defaults
+    cfg = from_dict(to_dict(cfg) if isinstance(cfg, ExperimentConfig) else cfg)
     settings = numeric_settings(cfg, MODEL_SETTINGS[kind])
     for dotted in IGNORED.get(kind, ()):
         top, key = dotted.split(".")

@@ -194,6 +194,9 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
         payload = _check_same_settings(file, "tokenizer", cfg, TOKENIZER_SECTIONS)
         print(f"tokenizer: reusing {file}")
         return payload["meta"]["metrics"]
+    if cfg.tokenizer.layout != "vqgan":
+        raise ConfigError(f"tokenizer.layout={cfg.tokenizer.layout} is for imported weights (python -m "
+                          "maskgit_lab.weights); the suite trains the vqgan layout")
     if force and d.exists():
         shutil.rmtree(d)
     t = cfg.tokenizer_train

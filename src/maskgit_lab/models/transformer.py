@@ -34,8 +34,10 @@ class TransformerConfig:
     dropout: float = 0.1
     norm_first: bool = True
     class_position: Literal["first", "last"] = "first"
-    # "maskgit": this module; "maskgit-pytorch": the released MaskGIT-PyTorch weights' layout
+    # "maskgit": this module; "maskgit-pytorch" / "halton-maskgit": the released networks of the
+    # PyTorch reproduction and of its Halton successor (models.released, models.halton)
     layout: str = "maskgit"
+    registers: int = 1  # halton-maskgit: learned register tokens appended to the sequence
     # Filled from the tokenizer and dataset when the model is built:
     codebook_size: int = 0
     num_tokens: int = 0
@@ -76,7 +78,7 @@ class TransformerConfig:
 
 
 # Transformer layouts by name; models.registry maps each to its class.
-LAYOUTS = ("maskgit", "maskgit-pytorch")
+LAYOUTS = ("maskgit", "maskgit-pytorch", "halton-maskgit")
 
 
 # Named sizes. "base" is the paper's 24 x 768 model (16 heads as in the official config).

@@ -41,6 +41,9 @@ class TokenizerConfig:
     norm_groups: int = 32
     commitment: float = 0.25
     input_size: int = 0
+    # "vqgan": this module (trainable); "llamagen": the LlamaGen VQ of the Halton successor
+    # (imported weights only; models.halton)
+    layout: str = "vqgan"
 
     @property
     def grid_size(self) -> int:
