@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run repro tune test test-fast setup data inception postgres ui lint clean
+.PHONY: run repro tune test test-fast setup data inception postgres chromium ui lint clean
 
 setup: $(STAMP)
 
@@ -67,7 +67,18 @@ postgres:
 	  echo "PostgreSQL not found and apt-get unavailable: the multi-machine test will be skipped"; \
 	fi
 
-test: setup data inception postgres
+# Headless Chromium for the test that opens the MLflow UI as a person would (Debian's package).
+chromium:
+	@if command -v chromium >/dev/null; then \
+	  echo "Chromium: found"; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "Chromium: installing Debian package chromium"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "Chromium not found and apt-get unavailable: the MLflow UI test will be skipped"; \
+	fi
+
+test: setup data inception postgres chromium
 	$(PY) -m pytest -q
 
 # Everything but the long end-to-end tests (marked slow), for quick checks while editing.
@@ -78,7 +89,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests sweeps benchmarks
 
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/python -m maskgit_lab.ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --port 5000
 
 clean:
 	rm -rf runs results/*/samples

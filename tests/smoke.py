@@ -18,3 +18,15 @@ def model_path(overrides: list[str], kind: str = "transformer", *extra: str):
     from maskgit_lab.identity import model_file
 
     return model_file(load_config(SMOKE, [*overrides, *extra]), kind)
+
+
+def private_copy(trained, tmp_path):
+    """(overrides, experiment folder) of a copy of the ``trained`` runs folder, for a test that
+    changes files in it (the session's own stays as it is for the other tests)."""
+    import shutil
+    from pathlib import Path
+
+    overrides, root = trained
+    runs = Path(tmp_path) / "runs"
+    shutil.copytree(root.parent, runs, ignore=shutil.ignore_patterns("mlflow.db", "optuna.db", "mlartifacts"))
+    return [o for o in overrides if not o.startswith("runs_dir=")] + [f"runs_dir={runs}"], runs / root.name

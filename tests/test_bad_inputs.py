@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ import optuna
 import pytest
 import torch
 from conftest import write_idx
-from smoke import SMOKE, model_path, sweep_args
+from smoke import SMOKE, model_path, private_copy, sweep_args
 
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint
@@ -183,7 +184,8 @@ def test_planted_or_truncated_resume_file_is_ignored_not_trusted(fmnist_dir, tmp
 
 
 def test_corrupt_caches_are_rebuilt(trained, tmp_path, capsys):
-    overrides, root = trained
+    overrides, root = private_copy(trained, tmp_path)
+    shutil.rmtree(root / "reference", ignore_errors=True)  # only this test's reference features
     args = ["--config", SMOKE, "--source", "train", "--n", "20", "--nll", "--checkpoint",
             str(model_path(overrides)), "--out", str(tmp_path / "e.json"), *overrides]
     assert evaluate.main(args) == 0  # builds the evaluator and the reference features
@@ -236,7 +238,7 @@ def test_sweep_lifecycle_finished_parent_and_ctrl_c(trained, tmp_path, capsys, m
     args = sweep_args(trained, tmp_path, "sweep.schedules=[cosine]", "sweep.steps=[2]", "--mode", "decode")
     assert schedule_ablation.main(args) == 0
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parents = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'parent'")
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.sweep_role = 'parent'")
     assert list(parents["status"]) == ["FINISHED"] and parents["metrics.best_fid"].notna().all()
     assert parents["tags.best_cell"].iloc[0] == "schedule=cosine,steps=2"
     assert parents["tags.mlflow.runName"].iloc[0].startswith("schedule_ablation-decode ")
@@ -263,7 +265,7 @@ def test_sweep_lifecycle_finished_parent_and_ctrl_c(trained, tmp_path, capsys, m
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)), summary.study_name
-    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="attributes.status = 'RUNNING'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'")
     assert runs.empty, "no run is left RUNNING"
     monkeypatch.undo()
     assert schedule_ablation.main(args2) == 0  # the next run finishes the interrupted sweep

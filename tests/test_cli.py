@@ -50,7 +50,11 @@ def test_mlflow_has_both_training_runs(trained):
     names = {r.info.run_name for r in runs}
     assert {model_path(overrides, "tokenizer").parent.name, model_path(overrides).parent.name} <= names
     tr = next(r for r in runs if r.info.run_name == model_path(overrides).parent.name)
-    assert "final/val_loss" in tr.data.metrics and tr.data.params["transformer_train.schedule"] == "cosine"
+    assert "final/val_loss" in tr.data.metrics and tr.data.params["schedule"] == "cosine"
+    # the settings a reader compares, not the whole flattened config (that is the artifact)
+    assert {"stage", "schedule", "max_steps", "batch_size", "lr", "preset", "codebook_size", "precision", "seed",
+            "data"} <= set(tr.data.params) and len(tr.data.params) <= 16, sorted(tr.data.params)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens it on its runs"
     artifacts = {a.path for a in client.list_artifacts(tr.info.run_id)}
     assert {"config.yaml", "metrics.json"} <= artifacts
 
@@ -167,7 +171,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(trained, tmp_path, capsys
         (["--checkpoint", ckpt, "--schedule", "spiral"], "valid schedules: exponential"),
         (["--checkpoint", ckpt, "--steps", "0"], "between 1 and N=64"),
         (["--checkpoint", ckpt, "--steps", "65"], "between 1 and N=64"),
-        (["--checkpoint", ckpt, "--gumbel-temperature", "-1"], "choice_temperature must be >= 0"),
+        (["--checkpoint", ckpt, "--gumbel-temperature", "-1"], "choice_temperature must be a finite number >= 0"),
         (["--checkpoint", str(model_path(overrides, "tokenizer"))], "wrong checkpoint"),
         (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
     ]

@@ -49,7 +49,7 @@ def test_comparison_table_end_to_end(trained, tmp_path, capsys):
     assert "Tuning budgets match" in md and "AR temperature" in md
     # MLflow: one finished nested run per row; the table rebuilds from them alone
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"],
+    runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string="tags.sweep_role = 'cell' and attributes.status = 'FINISHED'")
     assert sorted(runs["tags.cell"]) == sorted(f"row={r},seed={s}" for r in comparison.ROWS for s in (0, 1))
     # Table 3's best row samples the model trained with its schedule, the T = 8 row the config's
@@ -58,7 +58,7 @@ def test_comparison_table_end_to_end(trained, tmp_path, capsys):
            for s in ("linear", "cosine")}
     for row, s in (("maskgit-best", "linear"), ("maskgit-T8", "cosine")):
         mine = runs[runs["params.row"] == row]
-        assert set(mine["params.train_schedule"]) == {s} and set(mine["params.checkpoint_sha"]) == {sha[s]}, row
+        assert set(mine["params.train_schedule"]) == {s} and set(mine["tags.checkpoint_sha"]) == {sha[s]}, row
     assert "Each MaskGIT row samples the transformer trained with its own schedule" in md
     before = (out / "comparison.csv").read_text()
     assert rebuild.main(["--config", SMOKE, "--out-dir", str(tmp_path / "rebuilt"), *args(trained, tmp_path)[6:]]) == 0

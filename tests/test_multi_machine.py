@@ -140,7 +140,7 @@ def test_three_workers_one_killed_on_postgres_and_mlflow_server(trained, postgre
     assert len(keys) == len(set(keys)) == cells, "every cell complete exactly once in the study"
 
     mlflow.set_tracking_uri(mlflow_server)
-    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.sweep_role = 'cell'")
     finished = runs[runs["status"] == "FINISHED"]["tags.cell"]
     assert len(finished) == len(set(finished)) == cells, "every cell FINISHED exactly once in MLflow"
     table = pd.read_csv(tmp_path / "results" / "schedule_ablation_cells.csv")

@@ -25,7 +25,7 @@ CELLS = 16  # the smoke grid: 3 schedules x 2 step counts x 2 seeds, and 2 refer
 
 def finished_cells(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"],
+    runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string="tags.sweep_role = 'cell' and attributes.status = 'FINISHED'")
     return sorted(runs["tags.cell"])
 
@@ -198,14 +198,17 @@ def test_tune_sampler_runs_resumes_and_records(trained, tmp_path, monkeypatch):
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    assert len(finished) == 3 and {"steps", "choice_temperature", "guidance_weight"} <= set(finished[0].params)
+    assert len(finished) == 3 and all({"steps", "order", "temperature_schedule", "guidance_weight"} <= set(t.params)
+                                      for t in finished)
+    # the choice temperature is searched where it means something: the confidence order
+    assert all(("choice_temperature" in t.params) == (t.params["order"] == "confidence") for t in finished)
     assert 2 <= study.best_trial.params["steps"] <= 6  # sweep.tune_max_steps of the smoke preset
     assert tune_sampler.main(args) == 0 and len(study.get_trials()) == 3, "a finished study adds no trials"
     assert tune_sampler.main([*args, "--trials", "4"]) == 0 and len(study.get_trials()) == 4, "a larger budget continues"
     md = (tmp_path / "results" / "tune_sampler_cosine.md").read_text()
     assert "FID" in md and f"trial {study.best_trial.number}" in md and "held-out seeds [1000, 1001]" in md
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["fmnist_smoke"], filter_string="tags.sweep_role = 'cell'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.sweep_role = 'cell'")
     assert len(runs) == 4 and runs["params.decode.steps"].notna().all()
 
     orphan = study.ask().number  # a worker killed inside ask(): a trial nobody claimed

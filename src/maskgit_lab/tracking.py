@@ -1,6 +1,11 @@
 """Everything MLflow: the store (a local SQLite file by default), Lightning's logger for the
 training stages, and the sweeps' runs (one parent per sweep, one nested run per cell or
-trial), read back as a pandas table by ``sweep_runs``.
+trial), read back as a pandas table by ``sweep_runs``; the UI's address of each.
+
+Experiments: training runs in ``<experiment>``, each sweep kind's runs in
+``<experiment>/<kind>``, all tagged as model-training experiments; the links printed carry
+``workflowType=machine_learning``, which the installed UI (3.x) reads to open on the runs list
+rather than a GenAI overview.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import pandas as pd
@@ -21,30 +27,98 @@ from maskgit_lab.config import ExperimentConfig, to_dict
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import redact_url, sqlite_init_lock
 
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# A saved view of the runs table (the UI's "Views" menu, and a link that opens it): experiment
+# tag VIEW_TAG_PREFIX + id holding {"name", "createdAt", "updatedAt", "state": JSON}.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_METRICS = ("fid", "precision", "recall", "class_consistency")
+UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui` over the default SQLite store
+
+
+def sweep_experiment(name: str, kind: str) -> str:
+    """The MLflow experiment of one sweep kind's runs."""
+    return f"{name}/{kind}"
+
+
+def training_params(cfg: ExperimentConfig, stage: str) -> dict[str, object]:
+    """The settings a reader compares between training runs (the whole config is the run's
+    ``config.yaml`` artifact)."""
+    t = cfg.tokenizer_train if stage == "tokenizer" else cfg.transformer_train
+    return {"stage": stage, "schedule": cfg.transformer_train.schedule if stage != "tokenizer" else "",
+            "max_steps": t.max_steps, "batch_size": t.batch_size, "lr": t.lr, "seed": t.seed,
+            "precision": t.precision or cfg.precision, "preset": cfg.transformer.preset,
+            "layout": cfg.transformer.layout if stage != "tokenizer" else cfg.tokenizer.layout,
+            "codebook_size": cfg.tokenizer.codebook_size, "data": cfg.data.name, "data.root": cfg.data.root}
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of this store is: the tracking server itself, else `make ui`'s address."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return redact_url(tracking_uri).rstrip("/")
+    return UI_ADDRESS
+
+
+ML_WORKFLOW = "workflowType=machine_learning"  # the UI's "Model training" side: runs, not traces
+
+
+def experiment_url(base: str, exp_id: str, tail: str = "", query: str = "") -> str:
+    """A page of the experiment in the UI at ``base``, on its model-training side."""
+    return f"{base}/#/experiments/{exp_id}{tail}?{query + '&' if query else ''}{ML_WORKFLOW}"
+
+
+def run_url(tracking_uri: str, exp_id: str, run_id: str) -> str:
+    return experiment_url(ui_base(tracking_uri), exp_id, f"/runs/{run_id}")
+
+
+def view_url(tracking_uri: str, exp_id: str, view_id: str) -> str:
+    """The experiment's runs table under a saved view."""
+    return experiment_url(ui_base(tracking_uri), exp_id, "/runs", f"viewStateShareKey={view_id}")
+
+
+def experiment_links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(name, runs-table URL) of each experiment the suite made in the store (tagged as model training)."""
+    try:
+        exps = mlflow_client(tracking_uri).search_experiments(
+            filter_string=f"tags.`{EXPERIMENT_KIND_TAG}` = '{MODEL_TRAINING}'", order_by=["name ASC"])
+    except Exception as exc:  # noqa: BLE001 - a bad URI or an unreadable store: one line
+        raise _store_error(tracking_uri, exc) from None
+    return [(e.name, experiment_url(base, e.experiment_id, "/runs")) for e in exps]
+
+
+def save_view(client: mlflow.MlflowClient, exp_id: str, view_id: str, name: str, search: str,
+              params: list[str], metrics: tuple[str, ...] = VIEW_METRICS) -> None:
+    """A saved view of the runs table: the runs ``search`` finds, sorted by FID, with these
+    params and metrics as columns (set once; every worker of a sweep asks for the same)."""
+    tag = f"{VIEW_TAG_PREFIX}{view_id}"
+    if tag in client.get_experiment(exp_id).tags:
+        return
+    state = {"searchFilter": search, "orderByKey": "metrics.`fid`", "orderByAsc": True,
+             "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics]}
+    now = int(time.time() * 1000)
+    client.set_experiment_tag(exp_id, tag, json.dumps({"name": name, "createdAt": now, "updatedAt": now,
+                                                       "state": json.dumps(state)}))
+
+
+def compare_url(tracking_uri: str, exp_id: str, run_ids: list[str]) -> str:
+    """The UI's Compare page of these runs."""
+    runs = quote(json.dumps(sorted(run_ids), separators=(",", ":")), safe="")
+    return (f"{ui_base(tracking_uri)}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([exp_id]), safe='')}"
+            f"&{ML_WORKFLOW}")
+
 
 def logged_config(cfg: ExperimentConfig) -> dict:
     """The resolved config as logged and stored: the tracking URI redacted."""
     return {**to_dict(cfg), "mlflow_uri": redact_url(cfg.mlflow_uri)}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{'a': {'b': 1}} -> {'a.b': 1} (lists as strings), for MLflow params."""
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = str(v) if isinstance(v, list) else v
-    return out
-
-
 def artifact_root(cfg: ExperimentConfig) -> str:
     return (Path(cfg.runs_dir).resolve() / "mlartifacts").as_uri()
 
 
-def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | None = None) -> MLFlowLogger:
-    """Lightning's MLFlowLogger on the experiment's store, with the resolved config logged."""
+def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | None = None,
+                  stage: str = "transformer") -> MLFlowLogger:
+    """Lightning's MLFlowLogger on the experiment's store: the settings a reader compares as
+    params, the whole resolved config as the ``config.yaml`` artifact."""
     Path(cfg.runs_dir).mkdir(parents=True, exist_ok=True)
     try:
         # several training processes may open a new store at once (maskgit_lab.lit.pool)
@@ -56,7 +130,8 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
                 artifact_location=artifact_root(cfg) + f"/{cfg.name}",
                 tags=tags,
             )
-            logger.log_hyperparams(flatten(logged_config(cfg)))
+            mark_model_training(logger.experiment, logger.experiment_id)
+            logger.log_hyperparams(training_params(cfg, stage))
             logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False),
                                        "config.yaml")
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
@@ -69,14 +144,25 @@ def mlflow_client(tracking_uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri)
 
 
+def mark_model_training(client: mlflow.MlflowClient, exp_id: str) -> None:
+    """Tag the experiment as model training, so the UI opens it on its runs."""
+    if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
 def experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str) -> str:
+    """The id of experiment ``name`` (created, marked as model training, if missing)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # noqa: BLE001 - another worker created it meanwhile
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except Exception:  # noqa: BLE001 - another worker created it meanwhile
+            exp_id = client.get_experiment_by_name(name).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mark_model_training(client, exp_id)
+    return exp_id
 
 
 def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict) -> None:
@@ -109,10 +195,17 @@ def child_run(client: mlflow.MlflowClient, exp_id: str, parent_id: str, sweep_id
     old = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.cell = '{cell}'", max_results=50)
     for r in old:
         client.delete_run(r.info.run_id)
+    ids = {k: str(v) for k, v in params.items() if is_identity(k)}
     run = client.create_run(exp_id, run_name=run_name, tags={
-        "mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "sweep_role": "cell", "cell": cell})
-    _log_params(client, run.info.run_id, params)
+        **ids, "mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "sweep_role": "cell", "cell": cell})
+    _log_params(client, run.info.run_id, {k: v for k, v in params.items() if k not in ids})
     return run.info.run_id
+
+
+def is_identity(key: str) -> bool:
+    """Content hashes and the code version identify a cell's inputs: tags, not params, so the
+    UI's params (its columns, Compare's axes) are the settings a reader compares."""
+    return key.endswith(("_sha", "_identity")) or key == "git_commit"
 
 
 def _key_conflict(exc: Exception) -> bool:
@@ -145,7 +238,8 @@ class SweepLog:
     """MLflow side of a sweep: the parent run, and one nested run per cell or trial."""
 
     def __init__(self, cfg: ExperimentConfig, sid: str, kind: str, run_name: str, info: dict,
-                 mutable: Iterable[str] = ()) -> None:
+                 mutable: Iterable[str] = (), view_params: Iterable[str] = (),
+                 compared_params: Iterable[str] = ()) -> None:
         """``mutable``: keys of ``info`` that may change between runs of one sweep (its grid:
         seeds, T values); they are tags of the parent, set on every run, not params."""
         self.cfg, self.sid = cfg, sid
@@ -159,7 +253,8 @@ class SweepLog:
         try:
             with sqlite_init_lock(cfg.tracking_uri):  # one process at a time creates the store and the parent
                 self.client = mlflow_client(cfg.tracking_uri)
-                self.exp = experiment_id(self.client, cfg.name, artifact_root(cfg) + f"/{cfg.name}")
+                self.experiment = sweep_experiment(cfg.name, kind)
+                self.exp = experiment_id(self.client, self.experiment, artifact_root(cfg) + f"/{self.experiment}")
                 # a readable, unique name: the kind, then the sweep's content hash
                 self.parent = parent_run(self.client, self.exp, sid, f"{run_name} {sid.rsplit('.', 1)[-1]}", key,
                                          {"sweep_kind": kind, "sweep_info": json.dumps(info)})
@@ -169,6 +264,10 @@ class SweepLog:
                               f"{redact_url(reason)}") from None
         log_batch(self.client, self.parent, tags={"sweep_info": json.dumps(info),
                                                     **{f"grid.{k}": text[k] for k in sorted(mutable)}})
+        self.view = sid.rsplit(".", 1)[-1]
+        self.view_params, self.compared_params = list(view_params), list(compared_params)
+        save_view(self.client, self.exp, self.view, f"{run_name} {self.view}: cells by FID",
+                  f"tags.sweep_id = '{sid}' and tags.sweep_role = 'cell'", self.view_params)
         self.config_text = yaml.safe_dump(logged_config(cfg), sort_keys=False)
         if not self.client.list_artifacts(self.parent):
             self.client.log_text(self.parent, self.config_text, "config.yaml")
@@ -189,17 +288,36 @@ class SweepLog:
         self.client.set_terminated(run_id, "FINISHED")
         return metrics
 
-    def finished_cells(self) -> dict[str, dict[str, float]]:
-        """The metrics of every FINISHED cell run of this sweep, by cell key."""
-        out, token = {}, None
+    def _finished(self):
+        """The sweep's FINISHED cell runs, page by page."""
+        token = None
         while True:
             page = self.client.search_runs(
                 [self.exp], f"tags.sweep_id = '{self.sid}' and tags.sweep_role = 'cell' and "
                 "attributes.status = 'FINISHED'", max_results=1000, page_token=token)
-            out.update({r.data.tags["cell"]: dict(r.data.metrics) for r in page})
+            yield from page
             token = page.token
             if not token:
-                return out
+                return
+
+    def finished_cells(self) -> dict[str, dict[str, float]]:
+        """The metrics of every FINISHED cell run of this sweep, by cell key."""
+        return {r.data.tags["cell"]: dict(r.data.metrics) for r in self._finished()}
+
+    def grid_run_ids(self) -> list[str]:
+        """The FINISHED cell runs on the sweep's main grid (those with every compared param)."""
+        return [r.info.run_id for r in self._finished() if all(k in r.data.params for k in self.compared_params)]
+
+    def links(self) -> list[str]:
+        """Where to look in the UI: the sweep's cells by FID, its run, the Compare page of its grid's cells."""
+        uri = self.cfg.tracking_uri
+        local = " (`make ui` serves it)" if ui_base(uri) == UI_ADDRESS else ""
+        lines = [f"MLflow{local}: its cells by FID: {view_url(uri, self.exp, self.view)}",
+                 f"MLflow: the sweep's run: {run_url(uri, self.exp, self.parent)}"]
+        cells = self.grid_run_ids()
+        if cells:
+            lines.append(f"MLflow: compare its {len(cells)} cells: {compare_url(uri, self.exp, cells)}")
+        return lines
 
     def end(self, status: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
         """Close the parent run (FINISHED, FAILED or KILLED) with the sweep's headline numbers.
@@ -237,6 +355,9 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str, allow_empty: b
         raise ConfigError(f"no finished runs of sweep {sweep_id!r} in MLflow experiment {experiment!r}")
     out = pd.DataFrame({c[len("params."):]: df[c] for c in df.columns if c.startswith("params.")})
     for c in df.columns:
+        if c.startswith("tags.") and is_identity(c[len("tags."):]):
+            out[c[len("tags."):]] = df[c]
+    for c in df.columns:
         if c.startswith("metrics."):
             out[c[len("metrics."):]] = df[c]
     out["run_id"] = df["run_id"]
@@ -249,11 +370,14 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str, allow_empty: b
     return out
 
 
-def sweep_parents(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """Every sweep's parent run in the experiment, newest first."""
+def sweep_parents(tracking_uri: str, name: str) -> pd.DataFrame:
+    """Every sweep's parent run in the sweep experiments of experiment ``name``, newest first."""
     try:
-        mlflow.set_tracking_uri(tracking_uri)
-        return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep_role = 'parent'",
+        client = mlflow_client(tracking_uri)
+        ids = [e.experiment_id for e in client.search_experiments(filter_string=f"name LIKE '{name}/%'")]
+        if not ids:
+            return pd.DataFrame()
+        return mlflow.search_runs(experiment_ids=ids, filter_string="tags.sweep_role = 'parent'",
                                   order_by=["attributes.start_time DESC"])
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
         raise _store_error(tracking_uri, exc) from None

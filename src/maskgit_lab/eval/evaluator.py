@@ -57,7 +57,7 @@ class EvaluatorModule(L.LightningModule):
 
     def __init__(self, lr: float = 2e-3, max_steps: int = 1000, width: int = 32, feature_dim: int = 128) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.net = FMNISTClassifier(width=width, feature_dim=feature_dim)
 
     def _step(self, batch, name: str) -> Tensor:

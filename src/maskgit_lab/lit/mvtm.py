@@ -29,7 +29,7 @@ class MVTMModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.transformer_train
-        self.save_hyperparameters({"config": stored_dict(cfg)})
+        self.save_hyperparameters({"config": stored_dict(cfg)}, logger=False)
         self.model = self.build_model(cfg)
         # torch.compile of the training forward (transformer_train.compile), kept out of the
         # module tree so state dicts keep their names

@@ -177,12 +177,13 @@ def _last_ckpt(stage_dir: Path, cfg: ExperimentConfig, sections: tuple[str, ...]
     return str(p)
 
 
-def _finish(stage_dir: Path, logger, metrics: dict) -> None:
+def _finish(stage_dir: Path, logger, metrics: dict, cfg: ExperimentConfig) -> None:
     atomic_write_text(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if logger is not None:
         logger.log_metrics({f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         logger.experiment.log_artifact(logger.run_id, str(stage_dir / "metrics.json"))
         logger.finalize("success")
+        print(f"MLflow: {stage_dir.name}: {tracking.run_url(cfg.tracking_uri, logger.experiment_id, logger.run_id)}")
 
 
 def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True, folder: Path | None = None) -> dict:
@@ -226,7 +227,7 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
         metrics.update(train_seconds=round(seconds, 1), steps=int(module.batches_done),
                        parameters=sum(p.numel() for p in model.parameters()))
         save_model(file, "tokenizer", model, cfg, {"metrics": metrics, "split": "test", **choice})
-        _finish(d, logger, metrics)
+        _finish(d, logger, metrics, cfg)
         print(f"tokenizer: test PSNR {metrics['psnr']:.2f} dB, code usage {metrics['code_usage']:.1%}, "
               f"{seconds:.0f} s -> {file}")
         return metrics
@@ -247,7 +248,7 @@ def mlflow_logger_or_none(cfg: ExperimentConfig, run_name: str, log: bool, stage
     """The stage's MLflow logger (a run named after the model's folder), or None."""
     if not log:
         return None
-    return tracking.mlflow_logger(cfg, run_name, tags={"stage": stage})
+    return tracking.mlflow_logger(cfg, run_name, tags={"stage": stage}, stage=stage)
 
 
 def tokenize(cfg: ExperimentConfig, force: bool = False) -> Path:
@@ -328,7 +329,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
         }
         meta = {"metrics": metrics, "tokenizer_file": str(tok_file), "tokenizer_sha": sha, **choice}
         save_model(file, kind, module.inference_model.cpu(), cfg, meta)
-        _finish(d, logger, metrics)
+        _finish(d, logger, metrics, cfg)
         print(f"{name}: val loss {metrics['val_loss']:.3f}, {acc_key} "
               f"{metrics[f'val_{acc_key}']:.1%}, {seconds:.0f} s -> {file}")
         return metrics

@@ -36,7 +36,7 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.tcfg = cfg.tokenizer_train
-        self.save_hyperparameters({"config": stored_dict(cfg)})
+        self.save_hyperparameters({"config": stored_dict(cfg)}, logger=False)
         self.automatic_optimization = False
         self.model = VQGAN(cfg.tokenizer)
         pc = self.tcfg.perceptual

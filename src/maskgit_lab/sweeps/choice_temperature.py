@@ -72,7 +72,7 @@ class ChoiceTemperature(Sweep):
         return f"tau={params['choice_temperature']} seed={params['seed']}"
 
     def cell_params(self, params: dict) -> dict:
-        return {**params, **decode_params(self.decode_config(params["choice_temperature"])),
+        return {**params, **decode_params(self.decode_config(params["choice_temperature"]), params),
                 **self.provenance(seed=params["seed"])}
 
     def run_cell(self, params: dict, run_id: str) -> dict:

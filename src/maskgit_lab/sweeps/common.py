@@ -101,10 +101,12 @@ def ensure_models(cfg: ExperimentConfig, schedules: Iterable[str], log: bool = T
     return {s: model_file(c, "transformer") for s, c in cfgs.items()}
 
 
-def decode_params(dcfg: DecodeConfig) -> dict:
+def decode_params(dcfg: DecodeConfig, logged: dict | None = None) -> dict:
     """A decode's settings as MLflow params: the suite's (``decode.*``) and each upstream's
-    names for them (``upstream.*``)."""
-    return {**{f"decode.{k}": v for k, v in dcfg.__dict__.items()},
+    names for them (``upstream.*``); a setting already in ``logged`` under its own name with the
+    same value (a sweep's axis) is not repeated."""
+    logged = logged or {}
+    return {**{f"decode.{k}": v for k, v in dcfg.__dict__.items() if not (k in logged and logged[k] == v)},
             **{f"upstream.{k}": v for k, v in upstream_values(dcfg).items()}}
 
 
@@ -220,6 +222,16 @@ class Sweep:
     def cell_name(self, params: dict) -> str:
         raise NotImplementedError
 
+    def view_params(self) -> list[str]:
+        """The params the UI's view of the sweep's cells shows beside their metrics: the
+        cells' grid coordinates."""
+        return list(dict.fromkeys(k for space in self.spaces() for k in space))
+
+    def compared_params(self) -> list[str]:
+        """The params a cell of the main grid has (the last of ``spaces()``): its Compare link
+        shows those cells, not the reference rows."""
+        return list(self.spaces()[-1])
+
     def cell_params(self, params: dict) -> dict:
         return dict(params)
 
@@ -262,7 +274,8 @@ class Sweep:
                      "extractor": self.evaluation.ext.name, "sweep_id": self.sid,
                      "sampling_precision": dtype_name(self.dtype), **self.describe()}
         self.mlog = SweepLog(self.cfg, self.sid, self.kind, self.run_name(), self.info,
-                             mutable=[k for k in self.info if k in self.grid_keys])
+                             mutable=[k for k in self.info if k in self.grid_keys], view_params=self.view_params(),
+                             compared_params=self.compared_params())
 
     def provenance(self, key: str = "*", seed: int | None = None) -> dict:
         """What identifies a cell's inputs, logged as params of every nested run."""
@@ -425,7 +438,7 @@ class Sweep:
     def finished_runs(self):
         """The finished MLflow cell runs of the current grid (read once, after the search)."""
         if self._finished is None:
-            self._finished = self.select(sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid), self.info)
+            self._finished = self.select(sweep_runs(self.cfg.tracking_uri, self.mlog.experiment, self.sid), self.info)
         return self._finished
 
     def finish(self) -> str:
@@ -464,6 +477,7 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         sweep.mlog.end("FINISHED", metrics, tags)
         print(text)
         print(f"wall time {time.time() - wall:.0f} s; results in {sweep.out_dir}/{sweep.table_file}")
+        print("\n".join(sweep.mlog.links()), flush=True)
         return 0
 
     return main

@@ -244,7 +244,8 @@ class Comparison(Sweep):
                **self.provenance(seed=params["seed"])}
         if row.method == "maskgit":
             m = self.model(row.model)
-            out.update(decode_params(row.decode), schedule=row.decode.schedule, steps=row.decode.steps,
+            axes = {"schedule": row.decode.schedule, "steps": row.decode.steps}
+            out.update(decode_params(row.decode, axes), **axes,
                        train_schedule=m.cfg.transformer_train.schedule, checkpoint_sha=m.sha)
         else:
             out.update({f"ar.{k}": v for k, v in row.decode.__dict__.items()}, steps=self.ar.cfg.num_tokens,

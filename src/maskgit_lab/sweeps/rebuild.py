@@ -25,7 +25,7 @@ from maskgit_lab.sweeps.editing import Editing
 from maskgit_lab.sweeps.order_ablation import OrderAblation
 from maskgit_lab.sweeps.schedule_ablation import OverTrainings, ScheduleAblation
 from maskgit_lab.sweeps.table3 import rebuild_from_cells
-from maskgit_lab.tracking import sweep_parents, sweep_runs
+from maskgit_lab.tracking import sweep_experiment, sweep_parents, sweep_runs
 
 # The sweep kinds whose tables come from their MLflow runs (the tuner's come from its study).
 KINDS: dict[str, type[Sweep]] = {k.kind: k for k in (ScheduleAblation, OverTrainings, OrderAblation, Comparison,
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         info = json.loads(p["tags.sweep_info"])
         out_dir = check_output_dir(root / KINDS[kind].folder, "--out-dir")
-        df = KINDS[kind].select(sweep_runs(cfg.tracking_uri, cfg.name, p["tags.sweep_id"]), info)
+        df = KINDS[kind].select(sweep_runs(cfg.tracking_uri, sweep_experiment(cfg.name, kind), p["tags.sweep_id"]), info)
         KINDS[kind].write(df, out_dir, info)
         print(f"{kind}: {len(df)} cells from sweep {p['tags.sweep_id']} -> {out_dir}/{KINDS[kind].table_file}")
         done.add(kind)

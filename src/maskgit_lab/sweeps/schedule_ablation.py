@@ -132,7 +132,7 @@ class ScheduleAblation(Sweep):
         if "reference_row" in params:
             return {**params, "label": REFERENCES[params["reference_row"]], **self.reference_provenance(params["seed"])}
         key = self.model_key(params)
-        return {**params, **decode_params(self.decode_config(params)), "mode": self.mode,
+        return {**params, **decode_params(self.decode_config(params), params), "mode": self.mode,
                 "train_schedule": self.model(key).cfg.transformer_train.schedule,
                 **self.provenance(key, seed=params["seed"])}
 
@@ -279,6 +279,9 @@ class OverTrainings(ScheduleAblation):
     def model_key(self, params: dict) -> str:
         return f"{params['schedule']}@{params['training']}"
 
+    def view_params(self) -> list[str]:
+        return ["reference_row", "training", "schedule", "steps", "seed"]
+
     def unit_config(self, schedule: str, training: int):
         return replace(self.cfg, transformer_train=replace(self.cfg.transformer_train, schedule=schedule,
                                                            seed=training))
@@ -355,7 +358,7 @@ class OverTrainings(ScheduleAblation):
     def finished_runs(self) -> pd.DataFrame:
         """Every cell of this table: recorded ones and MLflow's (recorded first), all recorded now."""
         if self._finished is None:
-            runs = sweep_runs(self.cfg.tracking_uri, self.cfg.name, self.sid, allow_empty=True)
+            runs = sweep_runs(self.cfg.tracking_uri, self.mlog.experiment, self.sid, allow_empty=True)
             self.recorded = tr.record(self.out_dir, self.record_info(), tr.normalize(runs))
             self._finished = self.recorded
         return self._finished

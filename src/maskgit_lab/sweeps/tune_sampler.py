@@ -87,6 +87,13 @@ class TuneSampler(Sweep):
     def identity(self) -> dict:
         return {"schedule": self.schedule, "objectives": self.args.objectives, **super().identity()}
 
+    def view_params(self) -> list[str]:
+        return ["decode.steps", "decode.order", "decode.choice_temperature", "decode.softmax_temperature",
+                "decode.guidance_weight"]
+
+    def compared_params(self) -> list[str]:
+        return self.view_params()
+
     def describe(self) -> dict:
         return {"schedule": self.schedule, "n_small": self.cfg.sweep.tune_n_small,
                 "objectives": self.args.objectives}
