@@ -105,6 +105,7 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     params.update(config="experiments/dvc_smoke.yaml", experiment="dvc_smoke")
     params["sweep"].update(n=40, steps="[2,4]", seeds="[0,1]", table_seeds="[0,1]")
     params["tune"].update(trials=2)
+    params["orders"].update(steps="[2,4]", seeds="[0,1]")
     params["taus"] = "1,3"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{DVC.parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
@@ -116,12 +117,13 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     transformers = {f"train_transformer@{s}" for s in params["train_schedules"]}
     assert len(transformers) == 8, "the paper's design: one transformer per schedule"
     assert {"prepare_data", "train_tokenizer", "tokenize", "train_ar", "train_evaluator", "schedule_ablation",
-            "table3_trainings", "tune_sampler", "comparison", "editing", "choice_temperature"} | transformers \
+            "table3_trainings", "order_ablation", "tune_sampler", "comparison", "editing", "choice_temperature"} \
+        | transformers \
         == _ran(first), first
     results = repo / "results/dvc_smoke"
     for f in ("table3/schedule_ablation.md", "table3/summary.json", "table3/fid_vs_steps.csv",
               "tuner/tune_sampler_cosine.md", "table1/comparison.md", "table1/comparison.csv", "table2/editing.md",
-              "choice_temperature/choice_temperature.md"):
+              "choice_temperature/choice_temperature.md", "order_ablation/order_ablation.md"):
         assert (results / f).is_file(), f
     recorded = params["trainings_table"]
     assert (repo / recorded / "schedule_ablation.md").read_text() == (ROOT / recorded / "schedule_ablation.md").read_text()
@@ -131,8 +133,8 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(tmp_path, fmnist_d
     assert _ran(second) == set(), second
 
     # the sample count feeds every evaluation stage and nothing upstream of them: DVC sees exactly
-    # those five as changed; running one of them shows the new value reaches its command
-    sweeps = {"schedule_ablation", "tune_sampler", "comparison", "editing", "choice_temperature"}
+    # those six as changed; running one of them shows the new value reaches its command
+    sweeps = {"schedule_ablation", "order_ablation", "tune_sampler", "comparison", "editing", "choice_temperature"}
     params["sweep"]["n"] = 30
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert _stale(repo, env) == sweeps
