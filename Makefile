@@ -79,7 +79,7 @@ chromium:
 	fi
 
 test: setup data inception postgres chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Everything but the long end-to-end tests (marked slow), for quick checks while editing.
 test-fast: setup data inception

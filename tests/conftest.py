@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from smoke import SMOKE
+from helpers import SMOKE, write_idx
 
 from maskgit_lab import train
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the idx format (magic 0x0000 08 ndim, big-endian dims), gzipped."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +37,33 @@ def smoke_overrides(fmnist_dir, tmp_path) -> list[str]:
     return [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={tmp_path / 'runs'}"]
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the trained smoke models (it samples, evaluates or sweeps) is slow:
+    `make test-fast` leaves it out."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def _state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+@pytest.fixture(autouse=True)
+def _trained_stays_as_it_is(request):
+    """The session's trained models are shared by every test: one that changes them (adds a
+    model, corrupts a cache, writes to its MLflow store) fails here, and should work on
+    ``helpers.private_copy`` instead."""
+    if "trained" not in request.fixturenames:
+        yield
+        return
+    runs = request.getfixturevalue("trained")[1].parent
+    before = _state(runs)
+    yield
+    after = _state(runs)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test changed the session's trained runs folder: {changed[:10]}"
 
 
 @pytest.fixture(scope="session")

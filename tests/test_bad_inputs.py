@@ -16,14 +16,14 @@ import mlflow
 import optuna
 import pytest
 import torch
-from conftest import write_idx
-from smoke import SMOKE, model_path, private_copy, sweep_args
+from helpers import SMOKE, model_path, private_copy, sweep_args, write_idx
 
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint
 from maskgit_lab.config import load_config
 from maskgit_lab.data import prepare
 from maskgit_lab.data.tokens import data_key
+from maskgit_lab.errors import ConfigError
 from maskgit_lab.sweeps import comparison, rebuild, schedule_ablation
 
 
@@ -160,7 +160,7 @@ def test_checkpoints_never_unpickle_code(trained, tmp_path, capsys):
     refused(capsys, sample.main, ["--checkpoint", str(planted), "--out", str(tmp_path / "g.png")], "not a loadable",
             tmp_path / "g.png")
     assert not hit.exists()
-    with pytest.raises(Exception):  # noqa: B017 - the loader refuses it one way or another
+    with pytest.raises(ConfigError, match="is not a loadable maskgit_lab checkpoint"):
         load_checkpoint(planted, "transformer")
     assert not hit.exists()
     truncated = tmp_path / "truncated.pt"
@@ -283,7 +283,6 @@ def test_empty_or_corrupt_image_folder_is_one_line(tmp_path, capsys):
     from PIL import Image
 
     from maskgit_lab.data.imagefolder import ImageFolderDataModule
-    from maskgit_lab.errors import ConfigError
 
     root = tmp_path / "images"
     for split in ("train", "val"):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smoke import SMOKE
+from helpers import SMOKE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +52,17 @@ def test_train_throughput_prints_each_stage_and_precision():
         for p in ("fp32", "bf16-mixed")}
     out = _bench("train_throughput.py", "--steps", "1", "--batch-size", "2", "--no-tokenizer")
     assert out.returncode == 0 and "tokenizer train step" not in out.stdout and "transformer train step" in out.stdout
+
+
+def test_presets_speed_prints_a_row_per_preset_step_and_guidance():
+    out = subprocess.run([sys.executable, "benchmarks/presets_speed.py", "--configs", SMOKE, "--batch", "2",
+                          "--steps", "2,3", "--device", "cpu", "--dtype", "fp32", "--repeats", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"^fmnist_smoke \(maskgit, [\d.]+M\)\s+(\S+)\s+(\d+)\s+(\S+)\s+([\d.]+)\s*$", out.stdout, re.M)
+    assert {(p, t, w) for p, t, w, _ in rows} == {(p, t, w) for p in ("official", "maskgit-pytorch", "halton-maskgit")
+                                                  for t in ("2", "3") for w in ("0", "3")}, out.stdout
+    assert all(float(ips) > 0 for *_, ips in rows)
+    bad = subprocess.run([sys.executable, "benchmarks/presets_speed.py", "--configs", SMOKE, "--steps", "8,x"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--steps '8,x' must be comma-separated integers" in bad.stderr

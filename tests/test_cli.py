@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from smoke import SMOKE, model_path
+from helpers import SMOKE, model_path
 
 from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint, load_model, load_models, save_model

@@ -8,7 +8,7 @@ import re
 import mlflow
 import pandas as pd
 import pytest
-from smoke import SMOKE, model_path, sweep_args
+from helpers import SMOKE, model_path, sweep_args
 
 from maskgit_lab.checkpoints import load_model
 from maskgit_lab.sweeps import comparison, rebuild

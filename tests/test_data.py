@@ -53,7 +53,7 @@ def test_validation_split_is_fixed_and_disjoint():
     c_tr, c_va = split_train_val(1000, 100, seed=1)
     assert torch.equal(a_va, b_va) and not torch.equal(a_va, c_va)
     assert len(set(a_tr.tolist()) & set(a_va.tolist())) == 0 and len(a_tr) + len(a_va) == 1000
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="data.val_size=10 must lie between 1 and 9"):
         split_train_val(10, 10, seed=0)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_layout import import_graph, modules
+from helpers import import_graph, modules
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).with_name("dvc")

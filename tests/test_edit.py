@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from smoke import SMOKE, model_path, sweep_args
+from helpers import SMOKE, model_path, sweep_args
 
 from maskgit_lab import edit
 from maskgit_lab.decoding import regions

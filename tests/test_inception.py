@@ -135,3 +135,36 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     cfg = load_config("experiments/fmnist_smoke.yaml", [f"evaluator.inception_weights={tmp_path / 'none.pth'}"])
     with pytest.raises(ConfigError, match="make inception"):
         build_extractor("inception-v3-compat", cfg)
+
+
+@pytest.mark.slow  # two Inception passes over 48 images at 299 px
+def test_fid_from_images_equals_torch_fidelitys_own_pipeline(tmp_path):
+    """The suite's path (grey images in [-1, 1], its extractor, its metrics) against
+    torch_fidelity.calculate_metrics on the same images as uint8 RGB, with the same weights."""
+    import torch_fidelity
+
+    weights = tmp_path / "random.pth"
+    torch.save(inception.random_state_dict(seed=3), weights)
+    cfg = load_config("experiments/fmnist_smoke.yaml", [f"evaluator.inception_weights={weights}"])
+    ext = build_extractor("inception-v3-compat", cfg)
+    gen = torch.Generator().manual_seed(4)
+    u8 = [torch.randint(0, 256, (24, 1, 32, 32), generator=gen, dtype=torch.uint8) for _ in range(2)]
+    u8[1] = (u8[1].float() * 0.6 + 40).round().to(torch.uint8)  # another distribution
+    ours = compute_metrics(*(ext(batches(x.float() / 127.5 - 1, 8)) for x in u8), extractor=ext.name,
+                           reference_name="r", seed=0)["metrics"]
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x.expand(-1, 3, -1, -1)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    theirs = torch_fidelity.calculate_metrics(input1=Images(u8[0]), input2=Images(u8[1]), fid=True, cuda=False,
+                                              feature_extractor="inception-v3-compat", batch_size=8,
+                                              feature_extractor_weights_path=str(weights), verbose=False,
+                                              save_cpu_ram=True)
+    assert ours["frechet_inception_distance"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3)

@@ -25,7 +25,7 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
         p.write_text("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(target, broken)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]

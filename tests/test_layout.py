@@ -6,39 +6,8 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "maskgit_lab"
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def imported(node: ast.AST, known: set[str]) -> list[str]:
-    """Package modules named by one import statement (``from pkg import sub`` names pkg.sub)."""
-    if isinstance(node, ast.Import):
-        return [a.name for a in node.names if a.name in known]
-    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        out = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
-        return out or ([node.module] if node.module in known else [])
-    return []
-
-
-def import_graph() -> dict[str, set[str]]:
-    """Every import of a package module by another, at module level or inside functions."""
-    mods = modules()
-    known = set(mods)
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for m, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            graph[m].update(t for t in imported(node, known) if t != m)
-    return graph
+from helpers import import_graph, modules
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

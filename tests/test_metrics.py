@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from maskgit_lab.errors import ConfigError
 from maskgit_lab.eval.evaluator import FMNISTClassifier
 from maskgit_lab.eval.metrics import (
     CLASS_CONSISTENCY,
@@ -19,6 +20,8 @@ from maskgit_lab.eval.metrics import (
     batches,
     cached_reference,
     compute_metrics,
+    load_statistics,
+    metrics_against_statistics,
     reference_key,
 )
 
@@ -50,6 +53,24 @@ def test_fid_matches_closed_form_with_scipy():
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     want = float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
     assert metrics(Features(x), Features(y))[FID] == pytest.approx(want, rel=1e-6)
+
+
+def test_fid_against_reference_statistics_has_the_closed_form_value(tmp_path):
+    """Reference statistics N(mu, s^2 I) in an .npz, features whose sample mean and covariance
+    are exactly 0 and I: FID = |mu|^2 + d (1 + s^2 - 2 s), computed here by hand."""
+    d, n, mu, s = 4, 800, np.array([1.0, -2.0, 0.5, 0.0]), 3.0
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, d))
+    x -= x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T  # sample covariance exactly I
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=s**2 * np.eye(d))
+    stats_ = load_statistics(tmp_path / "ref.npz", d)
+    out = metrics_against_statistics(Features(torch.from_numpy(x)), stats_, extractor="test", reference_name="ref",
+                                     seed=0)
+    assert out["metrics"][FID] == pytest.approx(float(mu @ mu) + d * (1 + s**2 - 2 * s), rel=1e-9)
+    assert out["metrics"][KID_MEAN] is None and "statistics only" in out["notes"][KID_MEAN]
+    with pytest.raises(ConfigError, match=r"do not fit the extractor's 5-d features"):
+        load_statistics(tmp_path / "ref.npz", 5)
 
 
 def mmd2_unbiased_poly(x, y):

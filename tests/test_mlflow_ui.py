@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from smoke import sweep_args
+from helpers import sweep_args
 
 from maskgit_lab.sweeps import schedule_ablation
 

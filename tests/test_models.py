@@ -1,9 +1,11 @@
 import math
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from smoke import SMOKE
+from helpers import SMOKE
+from scipy import stats
 from torch.utils.data import DataLoader, TensorDataset
 
 from maskgit_lab.config import load_config, with_data_sizes
@@ -143,6 +145,32 @@ def test_random_mask_exact_counts():
     rate = mask.float().mean(0)
     assert float(rate.max() - rate.min()) < 0.2
     assert math.isclose(float(mask.float().mean()), float(want.float().mean()) / n_tok, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_mask_counts_follow_the_schedules_distribution(schedule):
+    """Goodness of fit of the masked count against its distribution written out here: with
+    r ~ U[0, 1) and k = ceil(N gamma(r)), P(k <= j) = P(gamma(r) <= j / N), i.e. for cosine
+    1 - (2/pi) arccos(j/N) and for linear j/N; and every position equally likely to be masked."""
+    n_tok, rows = 64, 20000
+    mask = random_mask(rows, n_tok, schedule, torch.Generator().manual_seed(11))
+    counts = np.bincount(mask.sum(1).numpy(), minlength=n_tok + 1)[1:]
+    cdf = np.array([1 - 2 / math.pi * math.acos(j / n_tok) if schedule == "cosine" else j / n_tok
+                    for j in range(n_tok + 1)])
+    expected = np.diff(cdf) * rows
+    # pool the sparse tail into bins of at least 5 expected rows
+    edges, acc = [0], 0.0
+    for j, e in enumerate(expected):
+        acc += e
+        if acc >= 5:
+            edges.append(j + 1)
+            acc = 0.0
+    edges[-1] = n_tok
+    observed = [counts[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    want = [expected[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    assert stats.chisquare(observed, want).pvalue > 0.001
+    per_position = mask.sum(0).numpy()
+    assert stats.chisquare(per_position).pvalue > 0.001
 
 
 def _fit_fixed_batch(module, batch, steps, callbacks=()):

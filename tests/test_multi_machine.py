@@ -20,7 +20,7 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from smoke import SMOKE
+from helpers import SMOKE
 
 from maskgit_lab.config import load_config
 from maskgit_lab.eval.evaluator import train_evaluator

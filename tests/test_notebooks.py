@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import SMOKE
 from nbclient import NotebookClient
-from smoke import SMOKE
 
 from maskgit_lab.sweeps import schedule_ablation
 

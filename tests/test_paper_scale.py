@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from smoke import SMOKE, model_path
+from helpers import SMOKE, model_path
 
 from maskgit_lab import train
 from maskgit_lab.config import load_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from smoke import SMOKE
+from helpers import SMOKE
 
 from maskgit_lab.checkpoints import load_checkpoint
 from maskgit_lab.config import load_config

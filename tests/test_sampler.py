@@ -182,11 +182,14 @@ def test_impossible_steps(steps):
 
 
 @pytest.mark.parametrize(
-    "field,value", [("choice_temperature", -1.0), ("softmax_temperature", -0.5), ("guidance_weight", -2.0),
-                    ("mask_convention", "weird"), ("schedule", "zigzag")]
+    "field,value,message", [("choice_temperature", -1.0, "choice_temperature must be a finite number >= 0"),
+                            ("softmax_temperature", -0.5, "softmax_temperature must be a finite number >= 0"),
+                            ("guidance_weight", -2.0, "guidance_weight must be a finite number >= 0"),
+                            ("mask_convention", "weird", "valid: official, increments, revealed"),
+                            ("schedule", "zigzag", "valid schedules: exponential")]
 )
-def test_bad_settings(field, value):
-    with pytest.raises(ConfigError):
+def test_bad_settings(field, value, message):
+    with pytest.raises(ConfigError, match=message):
         run(DecodeConfig(**{field: value}))
 
 

@@ -58,5 +58,5 @@ def test_aliases_and_unknown():
 
 
 def test_ratio_out_of_range():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"ratio r must lie in \[0, 1\]"):
         gamma("linear", 1.5, N)

@@ -15,8 +15,8 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from helpers import SMOKE, model_path, sweep_args
 from scipy import stats
-from smoke import SMOKE, model_path, sweep_args
 
 from maskgit_lab.sweeps import rebuild, schedule_ablation
 
@@ -136,6 +136,14 @@ def _n_complete(tmp_path) -> int:
         return 0
 
 
+def finished_run_ids(tmp_path) -> dict[str, str]:
+    """{cell: run id} of the FINISHED cell runs in the store."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True,
+                              filter_string="tags.sweep_role = 'cell' and attributes.status = 'FINISHED'")
+    return dict(zip(runs["tags.cell"], runs["run_id"], strict=True)) if len(runs) else {}
+
+
 @pytest.mark.slow
 def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path):
     proc = _launch(trained, tmp_path, "sweep.seed=1")
@@ -145,10 +153,14 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path)
     assert proc.poll() is None, "the sweep ended before it could be killed:\n" + proc.stdout.read()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _n_complete(tmp_path) < CELLS
+    before = finished_run_ids(tmp_path)
+    assert 0 < len(before) < CELLS, f"killed with {len(before)} of {CELLS} cells done"
     assert schedule_ablation.main(sweep_args(trained, tmp_path, "sweep.seed=1")) == 0
-    cells = finished_cells(tmp_path)
-    assert len(cells) == CELLS == len(set(cells)) and cells == complete_trials(tmp_path)
+    after = finished_run_ids(tmp_path)
+    assert len(after) == CELLS and sorted(after) == complete_trials(tmp_path)
+    # the cells finished before the kill keep their runs (a cell measured again gets a new
+    # run and loses the old): the re-run computed exactly the missing ones
+    assert {c: after[c] for c in before} == before
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert len(summary["schedules"]) == 3
 
