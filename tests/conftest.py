@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMOKE, write_idx
+from helpers import SMOKE, private_copy, write_idx
 
 from maskgit_lab import train
+from maskgit_lab.config import load_config
+from maskgit_lab.eval.evaluator import train_evaluator
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,26 +52,25 @@ def _state(root: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
 
 
-@pytest.fixture(autouse=True)
-def _trained_stays_as_it_is(request):
-    """The session's trained models are shared by every test: one that changes them (adds a
-    model, corrupts a cache, writes to its MLflow store) fails here, and should work on
-    ``helpers.private_copy`` instead."""
-    if "trained" not in request.fixturenames:
-        yield
-        return
-    runs = request.getfixturevalue("trained")[1].parent
-    before = _state(runs)
-    yield
-    after = _state(runs)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    assert not changed, f"the test changed the session's trained runs folder: {changed[:10]}"
-
-
 @pytest.fixture(scope="session")
-def trained(fmnist_dir, tmp_path_factory):
-    """Train both smoke stages once (with MLflow logging); -> (overrides, experiment run folder)."""
+def trained_once(fmnist_dir, tmp_path_factory):
+    """Train both smoke stages and the evaluator once (with MLflow logging); no test gets this
+    folder itself, only a copy (``trained``)."""
     runs = tmp_path_factory.mktemp("trained") / "runs"
     overrides = [f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}"]
     assert train.main(["all", "--config", SMOKE, *overrides]) == 0
+    train_evaluator(load_config(SMOKE, overrides))
     return overrides, runs / "fmnist_smoke"
+
+
+@pytest.fixture()
+def trained(trained_once, tmp_path_factory):
+    """(overrides, experiment run folder) of a private copy of the session's trained models, its
+    MLflow and Optuna stores included: a test may add models, corrupt caches or log runs without
+    changing what the next test sees. The session's folder is checked unchanged afterwards."""
+    master = trained_once[1].parent
+    before = _state(master)
+    yield private_copy(trained_once, tmp_path_factory.mktemp("trained_copy"))
+    after = _state(master)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test changed the session's trained runs folder: {changed[:10]}"

@@ -29,14 +29,21 @@ def model_path(overrides: list[str], kind: str = "transformer", *extra: str):
 
 
 def private_copy(trained, tmp_path):
-    """(overrides, experiment folder) of a copy of the ``trained`` runs folder, for a test that
-    changes files in it (the session's own stays as it is for the other tests)."""
+    """(overrides, experiment folder) of a copy of a trained runs folder, its stores included;
+    the MLflow store's artifact locations are moved to the copy's own ``mlartifacts``."""
     import shutil
-    from pathlib import Path
+    import sqlite3
 
     overrides, root = trained
     runs = Path(tmp_path) / "runs"
-    shutil.copytree(root.parent, runs, ignore=shutil.ignore_patterns("mlflow.db", "optuna.db", "mlartifacts"))
+    shutil.copytree(root.parent, runs)
+    db = runs / "mlflow.db"
+    if db.exists():
+        old, new = root.parent.resolve().as_uri(), runs.resolve().as_uri()
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+            con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+        con.close()
     return [o for o in overrides if not o.startswith("runs_dir=")] + [f"runs_dir={runs}"], runs / root.name
 
 
