@@ -12,6 +12,7 @@ import pickle
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -21,8 +22,9 @@ from maskgit_lab import edit, evaluate, sample, train
 from maskgit_lab.checkpoints import load_checkpoint
 from maskgit_lab.config import load_config
 from maskgit_lab.data import prepare
-from maskgit_lab.data.tokens import data_key
+from maskgit_lab.data.tokens import cache_path, data_key
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.eval.evaluation import Evaluation
 from maskgit_lab.sweeps import comparison, rebuild, schedule_ablation
 
 
@@ -95,16 +97,51 @@ def test_env_var_naming_an_empty_folder_is_an_error_not_a_fallback(tmp_path, cap
     refused(capsys, train.main, args, "MASKGIT_FMNIST_DIR", tmp_path)
 
 
-def test_data_identity_is_in_every_cache_key(fmnist_dir, tmp_path):
-    other = tmp_path / "other"
-    other.mkdir()
-    for f in fmnist_dir.iterdir():
-        (other / f.name).write_bytes(f.read_bytes())
-    x = torch.randint(0, 255, (600, 28, 28), dtype=torch.uint8).numpy()
-    write_idx(other / "train-images-idx3-ubyte.gz", x)  # other pixels, same settings
-    a = load_config(SMOKE, [f"data.root={fmnist_dir}"]).data
-    b = load_config(SMOKE, [f"data.root={other}"]).data
-    assert data_key(a) != data_key(b)
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """Overwrite a file with other bytes of the same size and give it back its modification time."""
+    st = path.stat()
+    assert len(data) == st.st_size and data != path.read_bytes()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_caches_are_keyed_by_the_data_files_content(fmnist_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in fmnist_dir.iterdir():  # stored (level 0) gzip: new pixels keep the file's size
+        (data / f.name).write_bytes(gzip.compress(gzip.decompress(f.read_bytes()), compresslevel=0, mtime=0))
+    cfg = load_config(SMOKE, [f"data.root={data}", "data.val_size=100", f"runs_dir={tmp_path / 'runs'}"])
+    first = Evaluation(cfg, 20, "inception-v3-compat")
+    tokens, ref = cache_path(cfg.run_dir, "abc", cfg.data), first.reference_key
+    assert not first.cache_hit and Evaluation(cfg, 20, "inception-v3-compat").cache_hit
+    images = data / "t10k-images-idx3-ubyte.gz"
+    x = np.frombuffer(gzip.decompress(images.read_bytes())[16:], np.uint8).reshape(-1, 28, 28).copy()
+    x[:20] = 255 - x[:20]  # the first 20 test images, the reference's, inverted
+    header = gzip.decompress(images.read_bytes())[:16]
+    rewrite_in_place(images, gzip.compress(header + x.tobytes(), compresslevel=0, mtime=0))
+    again = Evaluation(cfg, 20, "inception-v3-compat")
+    assert cache_path(cfg.run_dir, "abc", cfg.data) != tokens, "the token cache would be reused"
+    assert again.reference_key != ref and not again.cache_hit, "the reference features would be reused"
+
+
+def test_an_image_folder_rewritten_in_place_gets_a_new_key(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cats").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 100, 50, 50)).save(tmp_path / split / "cats" / f"{i}.bmp")
+    cfg = load_config(SMOKE, ["data.name=imagefolder", f"data.root={tmp_path}"]).data
+    key = data_key(cfg)
+    assert data_key(cfg) == key
+    image = tmp_path / "val" / "cats" / "1.bmp"
+    before = image.read_bytes()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(image)  # other pixels, the same BMP size
+    after = image.read_bytes()
+    image.write_bytes(before)
+    rewrite_in_place(image, after)
+    assert data_key(cfg) != key
 
 
 def test_output_paths_are_checked_before_any_work(trained, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Token caches: every split encoded once by a frozen tokenizer, stored on disk.
 
 The cache file name carries the tokenizer file's content hash and a hash of the data
-settings, so a retrained tokenizer or a different split never reuses stale codes and
-stage 2 never re-encodes images.
+settings and of the data files' bytes, so a retrained tokenizer, a different split or
+changed images never reuse stale codes and stage 2 never re-encodes images.
 """
 
 from __future__ import annotations
@@ -19,26 +19,26 @@ from maskgit_lab.config import DataConfig, to_dict
 from maskgit_lab.data.fmnist import FILES as FMNIST_FILES
 from maskgit_lab.data.fmnist import find_fmnist
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import atomic_write, content_key
+from maskgit_lab.io import atomic_write, content_digest, content_key
 
 SPLITS = ("train", "val", "test")
 
 
 def data_files_identity(cfg: DataConfig) -> list:
-    """What the data files are: (name, size, modification time) of each file read, so caches
-    made from other files (another MASKGIT_FMNIST_DIR, a changed ImageFolder) are never reused."""
+    """What the data files hold: the content digest of each file read (of every image, for an
+    ImageFolder), so caches made from other bytes (another MASKGIT_FMNIST_DIR, an image
+    rewritten in place) are never reused, while a copy of the same data keeps its caches."""
     if cfg.name == "fmnist":
         folder = find_fmnist(cfg)
-        return [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns]
-                for pair in FMNIST_FILES.values() for f in pair]
-    out = []
+        return [[f, content_digest(folder / f)] for pair in FMNIST_FILES.values() for f in pair]
     root = Path(cfg.root)
-    for split in ("train", "val"):
-        d = root / split
-        if d.is_dir():  # per class folder: its file count and the folder's mtime (a cheap listing)
-            for c in sorted(p for p in d.iterdir() if p.is_dir()):
-                out.append([f"{split}/{c.name}", sum(1 for _ in c.iterdir()), c.stat().st_mtime_ns])
-    return out
+    files = sorted(p for split in ("train", "val") if (root / split).is_dir()
+                   for p in (root / split).rglob("*") if p.is_file())
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    digests = [[p.relative_to(root).as_posix(), content_digest(p)]
+               for p in tqdm(files, desc="hash data files", mininterval=interval, disable=len(files) < 10_000,
+                             dynamic_ncols=True)]
+    return [content_key(digests, 64)]
 
 
 def data_key(cfg: DataConfig) -> str:
