@@ -53,8 +53,9 @@ def refused(capsys, command, args, message: str, *watch: Path) -> None:
 
 CASES_TRAIN = [
     (["tokenizer_train.batch_size=0"], "tokenizer_train.batch_size must be at least 1"),
-    (["transformer_train.lr=.nan"], "transformer_train.lr must be a finite number > 0"),
-    (["tokenizer_train.max_steps=-5"], "tokenizer_train.max_steps must be at least 1"),
+    (["transformer_train.lr=.nan"], "transformer_train.lr=nan must be a finite number"),
+    (["tokenizer_train.max_steps=0"], "tokenizer_train.max_steps must be at least 1"),
+    (["tokenizer_train.max_steps=-5"], "tokenizer_train.max_steps=-5 is out of range: it must lie in 0..1000000000"),
     (["evaluator.batch_size=0"], "evaluator.batch_size must be at least 1"),
     (["sweep.seeds=[]"], "sweep.seeds"),
     (["precision=bf17"], "unknown precision 'bf17'"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from maskgit_lab.bounds import float_problem, int_problem
 from maskgit_lab.decoding.ar_sampler import ARDecodeConfig
 from maskgit_lab.decoding.orders import ORDERS
 from maskgit_lab.decoding.sampler import DecodeConfig
@@ -27,11 +28,24 @@ from maskgit_lab.errors import ConfigError
 from maskgit_lab.hardware import INFERENCE_PRECISIONS, PRECISIONS
 from maskgit_lab.models.transformer import TransformerConfig
 from maskgit_lab.models.vqgan import TokenizerConfig
+from maskgit_lab.redact import register
 
 
 class YamlLoader(yaml.SafeLoader):
     """YAML as people write configs: ``1e-3``, ``1E-4``, ``.5`` and ``5.`` are numbers (YAML 1.1
-    reads the first two as strings)."""
+    reads the first two as strings); a key given twice in one mapping is an error, not a
+    silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"key {key!r} is given twice (lines {seen[key]} and {line})")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 YamlLoader.add_implicit_resolver(
@@ -47,6 +61,8 @@ def read_yaml(text: str):
 
 
 MAX_TRAININGS = 1000
+# An experiment's name is a folder under runs_dir and an MLflow experiment: a name, never a path.
+NAME = re.compile(r"[A-Za-z0-9._-]+")
 # Tokenizer layouts (models.registry builds each one); "vqgan" is the one the suite trains.
 TOKENIZER_LAYOUTS = ("vqgan", "llamagen")
 # Feature extractors for the metrics, by name (eval.metrics.EXTRACTORS builds each one).
@@ -254,10 +270,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
+        problem = int_problem(value, where)
+        if problem:
+            raise ConfigError(problem)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        problem = float_problem(float(value), where)
+        if problem:
+            raise ConfigError(problem)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -289,16 +311,19 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """['a.b=1', 'c=x'] -> nested dict; values parsed as YAML scalars/lists."""
+    """['a.b=1', 'c=x'] -> nested dict; values parsed as YAML scalars/lists, except a URL
+    (a value holding ``://``), which is taken as written and its password registered."""
     tree: dict = {}
     for item in overrides:
+        register(item.partition("=")[2] or item)
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            value = read_yaml(raw) if raw != "" else ""
+            value = raw if "://" in raw or raw == "" else read_yaml(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({problem})") from None
         _set_path(tree, key.strip(), value)
     return tree
 
@@ -321,6 +346,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} not found{hint}")
         try:
             loaded = read_yaml(p.read_text()) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"config file {str(p)!r}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -341,6 +368,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that a single field's type cannot express."""
+    register(cfg.mlflow_uri)
+    if not NAME.fullmatch(cfg.name) or set(cfg.name) == {"."}:
+        raise ConfigError(f"name={cfg.name!r} is not a name: use letters, digits, '.', '_' and '-' "
+                          "(no path separators, not '.' or '..')")
     positive = {
         "tokenizer_train.batch_size": cfg.tokenizer_train.batch_size, "tokenizer_train.max_steps": cfg.tokenizer_train.max_steps,
         "tokenizer_train.val_every": cfg.tokenizer_train.val_every,

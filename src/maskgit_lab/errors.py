@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from maskgit_lab.bounds import float_problem, int_problem
 from maskgit_lab.process import configure
+from maskgit_lab.redact import redact_text, register
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
@@ -37,7 +40,7 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            one_line = " ".join(str(exc).split())
+            one_line = " ".join(redact_text(exc).split())
             print(f"error: {one_line}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
@@ -47,10 +50,22 @@ def cli_errors(fn: F) -> F:
             if exc.errno not in FILE_ERRNOS:
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            print(redact_text(f"error: {where}{exc.strerror or exc}"), file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def fit(trainer, *args, **kwargs):
+    """``trainer.fit``, with Ctrl-C reported as every command reports it (``interrupted:``,
+    exit 130): Lightning shuts down gracefully on KeyboardInterrupt, then exits with 1."""
+    try:
+        return trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if getattr(trainer, "interrupted", False):
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored further Ctrl-C
+            raise KeyboardInterrupt from None
+        raise
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,3 +74,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+    def _get_value(self, action, arg_string):
+        """Integer and float options (in groups too) keep the bounds of ``maskgit_lab.bounds``;
+        every value's URL password is registered with the redactor."""
+        register(arg_string)  # a URL given on the command line is hidden from every output
+        value = super()._get_value(action, arg_string)
+        if action.type in (int, float) and value is not None:
+            name = next((o for o in action.option_strings if o.startswith("--")), action.dest)
+            problem = (int_problem if action.type is int else float_problem)(value, name)
+            if problem:
+                raise argparse.ArgumentError(action, problem)
+        return value

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from maskgit_lab.errors import ConfigError
+from maskgit_lab.redact import redact_text
 
 
 @contextmanager
@@ -57,6 +57,8 @@ def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` atomically, passwords of URLs hidden (maskgit_lab.redact)."""
+    text = redact_text(text)
     return atomic_write(path, lambda p: p.write_text(text))
 
 
@@ -167,9 +169,3 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
         raise ConfigError(f"{what} {p} exists and is not a folder")
     check_output(p / ".probe", what)  # same ancestry and permission checks for a file inside it
     return p
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:password@host/...`` -> ``scheme://user:***@host/...``: database and
-    tracking URLs are printed, logged and stored only this way."""
-    return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", str(url))

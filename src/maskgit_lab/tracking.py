@@ -11,6 +11,7 @@ rather than a GenAI overview.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,8 @@ from mlflow.entities import Metric, Param, RunTag
 
 from maskgit_lab.config import ExperimentConfig, to_dict
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import redact_url, sqlite_init_lock
+from maskgit_lab.io import check_output_dir, sqlite_init_lock
+from maskgit_lab.redact import reason, redact_text, redact_tree, redact_url
 
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 # A saved view of the runs table (the UI's "Views" menu, and a link that opens it): experiment
@@ -131,7 +133,7 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
                 tags=tags,
             )
             mark_model_training(logger.experiment, logger.experiment_id)
-            logger.log_hyperparams(training_params(cfg, stage))
+            logger.log_hyperparams(redact_tree(training_params(cfg, stage)))
             logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False),
                                        "config.yaml")
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
@@ -142,6 +144,30 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
 def mlflow_client(tracking_uri: str) -> mlflow.MlflowClient:
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.MlflowClient(tracking_uri)
+
+
+def preflight(cfg: ExperimentConfig, log: bool = True) -> None:
+    """Before any work: the runs folder can be written and, when logging, the MLflow store
+    answers (one try, no retries); else a one-line ConfigError and nothing written."""
+    runs = Path(cfg.runs_dir)
+    check_output_dir(runs, "runs_dir")
+    top = next((p for p in (runs, *runs.parents) if p.exists()), runs)
+    try:  # a nameless file (O_TMPFILE): what permissions, a read-only mount or a full disk allow
+        with tempfile.TemporaryFile(dir=top):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"runs_dir {runs} cannot be written: {top}: {exc.strerror or exc}") from None
+    if not log or cfg.tracking_uri.startswith("sqlite:"):
+        return  # a local store is created in the runs folder
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    try:
+        mlflow.MlflowClient(cfg.tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
+        raise _store_error(cfg.tracking_uri, exc) from None
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def mark_model_training(client: mlflow.MlflowClient, exp_id: str) -> None:
@@ -166,7 +192,7 @@ def experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str
 
 
 def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, redact_text(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
@@ -226,7 +252,7 @@ def log_batch(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
         try:
-            client.log_batch(run_id, metrics=items, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            client.log_batch(run_id, metrics=items, tags=[RunTag(k, redact_text(v)) for k, v in (tags or {}).items()])
             return
         except mlflow.exceptions.MlflowException as exc:
             if attempt == attempts - 1 or not _key_conflict(exc):
@@ -259,9 +285,7 @@ class SweepLog:
                 self.parent = parent_run(self.client, self.exp, sid, f"{run_name} {sid.rsplit('.', 1)[-1]}", key,
                                          {"sweep_kind": kind, "sweep_info": json.dumps(info)})
         except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot use the MLflow tracking store {redact_url(cfg.tracking_uri)!r}: "
-                              f"{redact_url(reason)}") from None
+            raise _store_error(cfg.tracking_uri, exc) from None
         log_batch(self.client, self.parent, tags={"sweep_info": json.dumps(info),
                                                     **{f"grid.{k}": text[k] for k in sorted(mutable)}})
         self.view = sid.rsplit(".", 1)[-1]
@@ -334,8 +358,7 @@ class SweepLog:
 
 
 def _store_error(uri: str, exc: Exception) -> ConfigError:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return ConfigError(f"cannot use the MLflow tracking store {redact_url(uri)!r}: {redact_url(reason)}")
+    return ConfigError(f"cannot use the MLflow tracking store {redact_url(uri)!r}: {reason(exc)}")
 
 
 def sweep_runs(tracking_uri: str, experiment: str, sweep_id: str, allow_empty: bool = False) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from maskgit_lab import tracking
 from maskgit_lab.config import load_config
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import check_output_dir
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = check_output_dir(args.model_dir, "--model-dir") if args.model_dir else None
     torch.set_float32_matmul_precision("high")
     log = not args.no_mlflow
+    tracking.preflight(cfg, log)
     if args.stage in ("tokenizer", "all"):
         train_tokenizer(cfg, force=args.force, log=log, folder=folder)
     if args.stage == "tokenize":

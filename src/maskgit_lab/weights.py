@@ -32,6 +32,7 @@ from maskgit_lab.config import ExperimentConfig, load_config, with_data_sizes
 from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
 from maskgit_lab.io import check_output_dir, file_sha256
 from maskgit_lab.models.registry import build_tokenizer, build_transformer
+from maskgit_lab.redact import reason
 
 VQGAN_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 OWN_BUFFERS = ("quantize.window_counts",)  # the suite's code-usage counter, not a weight
@@ -48,7 +49,7 @@ def load_source(path: str | Path, trust: bool) -> Any:
         return load_weights(p)
     except Exception as exc:  # UnpicklingError, or a missing class of an old library
         if not trust:
-            first = str(exc).strip().splitlines()[0][:160]
+            first = reason(exc, 160)
             raise ConfigError(
                 f"{p} holds more than tensors ({type(exc).__name__}: {first}); unpickling it can run code "
                 "from the file: pass --trust-checkpoint only if you trust where it came from") from None

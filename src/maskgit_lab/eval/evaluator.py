@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from maskgit_lab.checkpoints import load_state_strict
 from maskgit_lab.config import EvaluatorConfig, ExperimentConfig, load_config, to_dict
 from maskgit_lab.data.fmnist import FashionMNISTDataModule
-from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors
+from maskgit_lab.errors import ArgumentParser, ConfigError, cli_errors, fit
 from maskgit_lab.io import atomic_write, file_sha256
 
 Tensor = torch.Tensor
@@ -101,7 +101,7 @@ def fit_classifier(train_loader, e: EvaluatorConfig, steps: int, val_loader=None
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, accelerator="cpu",
                         devices=1, num_sanity_val_steps=0, enable_model_summary=False,
                         limit_val_batches=1.0 if val_loader is not None else 0, check_val_every_n_epoch=1)
-    trainer.fit(module, train_loader, val_loader)
+    fit(trainer, module, train_loader, val_loader)
     return module.net.eval()
 
 

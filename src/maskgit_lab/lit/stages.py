@@ -38,7 +38,7 @@ from maskgit_lab.config import ExperimentConfig, from_dict, to_dict, with_data_s
 from maskgit_lab.data import build_image_datamodule
 from maskgit_lab.data.shards import ShardDataModule
 from maskgit_lab.data.tokens import TokenDataModule, build_token_cache, cache_path, load_token_cache
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.errors import ConfigError, fit
 from maskgit_lab.hardware import resolve_precision, training_device
 from maskgit_lab.identity import MODEL_FILES, model_dir, model_file
 from maskgit_lab.io import atomic_write_text
@@ -218,7 +218,7 @@ def train_tokenizer(cfg: ExperimentConfig, force: bool = False, log: bool = True
     choice = stage_precision(cfg, t.precision, "tokenizer", logger)
     trainer = _trainer(cfg, d, logger, -1, t.val_every, n_batches, choice["precision"])
     start = time.time()
-    trainer.fit(module, dm, ckpt_path=_last_ckpt(d, cfg, TOKENIZER_SECTIONS), weights_only=True)
+    fit(trainer, module, dm, ckpt_path=_last_ckpt(d, cfg, TOKENIZER_SECTIONS), weights_only=True)
     seconds = time.time() - start
 
     def write() -> dict:
@@ -316,7 +316,7 @@ def train_transformer(cfg: ExperimentConfig, force: bool = False, log: bool = Tr
     trainer = _trainer(cfg, d, logger, t.max_steps, t.val_every, n_batches, choice["precision"])
     trainer.gradient_clip_val = t.grad_clip or None
     start = time.time()
-    trainer.fit(module, tdm, ckpt_path=_last_ckpt(d, cfg, TRANSFORMER_SECTIONS), weights_only=True)
+    fit(trainer, module, tdm, ckpt_path=_last_ckpt(d, cfg, TRANSFORMER_SECTIONS), weights_only=True)
     seconds = time.time() - start
     final = trainer.validate(module, tdm, verbose=False)[0]
     acc_key = "token_acc" if kind == "ar_transformer" else "masked_acc"

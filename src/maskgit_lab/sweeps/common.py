@@ -28,6 +28,7 @@ import optuna
 import torch
 from optuna.trial import Trial, TrialState
 
+from maskgit_lab import tracking
 from maskgit_lab.checkpoints import load_models
 from maskgit_lab.cli import add_device_argument
 from maskgit_lab.config import ExperimentConfig, load_config
@@ -41,9 +42,10 @@ from maskgit_lab.eval.nll import masked_token_nll
 from maskgit_lab.figures import sample_grid_figure
 from maskgit_lab.hardware import dtype_name, inference_dtype, machine_model
 from maskgit_lab.identity import model_dir, model_file, numeric_settings
-from maskgit_lab.io import check_output_dir, content_key, file_sha256, git_commit, redact_url
+from maskgit_lab.io import check_output_dir, content_key, file_sha256, git_commit
 from maskgit_lab.lit.pool import plan_workers, train_in_parallel
 from maskgit_lab.lit.stages import tokenize, train_tokenizer, train_transformer
+from maskgit_lab.redact import redact_url
 from maskgit_lab.sweeps import optuna_study as S
 from maskgit_lab.tracking import SweepLog, sweep_runs
 
@@ -458,6 +460,7 @@ def sweep_main(kind: type[Sweep]) -> Callable[[list[str] | None], int]:
         cfg = load_config(args.config, kind.config_defaults() + list(args.overrides) + kind.config_overrides(args))
         sweep = kind.create(cfg, args)
         sweep.check()
+        tracking.preflight(cfg)
         storage = S.open_storage(args.storage, cfg.runs_dir)
         torch.set_float32_matmul_precision("high")
         wall = time.time()

@@ -36,7 +36,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import redact_url, sqlite_init_lock
+from maskgit_lab.io import sqlite_init_lock
+from maskgit_lab.redact import reason, redact_url, register
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeps print their own progress lines
 
@@ -48,6 +49,7 @@ CELL = "cell"  # set once a trial has suggested every parameter of its cell
 
 
 def storage_url(url: str | None, runs_dir: str | Path) -> str:
+    register(url)
     return url or f"sqlite:///{(Path(runs_dir) / 'optuna.db').resolve()}"
 
 
@@ -77,8 +79,7 @@ def open_storage(url: str | None, runs_dir: str | Path) -> optuna.storages.RDBSt
                 failed_trial_callback=_retry,
             )
     except Exception as exc:  # noqa: BLE001 - any driver/URL error: say which URL and why
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open Optuna storage {redact_url(url)!r}: {redact_url(reason)}") from None
+        raise ConfigError(f"cannot open Optuna storage {redact_url(url)!r}: {reason(exc)}") from None
 
 
 def _alive(pid: int) -> bool:

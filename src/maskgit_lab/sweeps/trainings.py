@@ -36,6 +36,7 @@ from maskgit_lab import stats as st
 from maskgit_lab.decoding.schedules import SCHEDULES
 from maskgit_lab.errors import ConfigError
 from maskgit_lab.io import atomic_write, atomic_write_text
+from maskgit_lab.redact import reason
 
 CELLS_FILE, TABLE_FILE = "cells.csv", "table.json"
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_consistency", "nll", "seconds_per_image")
@@ -61,7 +62,7 @@ def read_record(out_dir: Path) -> tuple[dict | None, pd.DataFrame]:
         df = pd.read_csv(cells)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"{out_dir}: its recorded cells cannot be read ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                          f"{reason(exc)})") from None
     if not isinstance(info, dict) or "table_id" not in info:
         raise ConfigError(f"{out_dir / TABLE_FILE} does not name its table (no table_id)")
     missing = {"table_id", "seed", "fid"} - set(df.columns)
