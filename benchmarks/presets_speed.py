@@ -21,7 +21,12 @@ import torch
 from maskgit_lab.cli import add_device_argument
 from maskgit_lab.config import load_config
 from maskgit_lab.decoding.sampler import PRESETS
-from maskgit_lab.decoding.speed import benchmark_num_classes, maskgit_seconds, peak_memory_gib, reset_peak_memory
+from maskgit_lab.decoding.speed import (
+    benchmark_num_classes,
+    maskgit_seconds,
+    peak_memory_gib,
+    reset_peak_memory,
+)
 from maskgit_lab.errors import ConfigError, cli_errors
 from maskgit_lab.hardware import machine_name
 from maskgit_lab.models.registry import build_transformer
