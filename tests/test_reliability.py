@@ -32,7 +32,7 @@ from maskgit_lab.sweeps import (
 )
 
 TEXT = st.characters(blacklist_categories=("Cs",))  # every character a Python string holds
-COMMON = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+COMMON = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def run(main, argv) -> tuple[int, str]:
@@ -136,7 +136,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(key=st.sampled_from(KEYS + ["not_a_key", "sweep.bogus", "transformer_train"]), value=VALUES)
 def test_any_override_loads_or_is_one_config_error(key, value):
     try:
@@ -218,7 +218,7 @@ PARSED = {name: options(main, head) for name, (main, head) in COMMANDS.items()}
 OPTIONS = [(name, opt) for name, (opts, _) in PARSED.items() for opt in opts]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(which=st.sampled_from(OPTIONS), value=VALUES)
 def test_any_option_value_is_parsed_or_one_line(which, value):
     name, opt = which

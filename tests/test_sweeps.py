@@ -166,6 +166,26 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path)
 
 
 @pytest.mark.slow
+def test_sigterm_mid_sweep_leaves_nothing_running(trained, tmp_path):
+    proc = _launch(trained, tmp_path, "sweep.seed=3")
+    deadline = time.time() + 240
+    while _n_complete(tmp_path) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be terminated:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    assert out.strip().splitlines()[-1].startswith("terminated: "), out[-2000:]
+    with sqlite3.connect(tmp_path / "optuna.db") as con:
+        states = dict(con.execute("select state, count(*) from trials group by state").fetchall())
+    assert "RUNNING" not in states and 0 < states.get("COMPLETE", 0) < CELLS, states
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert "RUNNING" not in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]
+    assert list(runs.loc[runs["tags.sweep_role"] == "parent", "status"]) == ["KILLED"]
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study(trained, tmp_path):
     procs = [_launch(trained, tmp_path, "sweep.seed=2") for _ in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in procs]

@@ -7,6 +7,7 @@ import errno
 import functools
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,14 +30,31 @@ class ConfigError(ValueError):
     """
 
 
+TERMINATED: list[int] = []  # the SIGTERM received, if one was
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM ends a command the way Ctrl-C does (its trial marked failed, its MLflow runs
+    KILLED, finished work kept), then with exit 143. Main thread only, as signals are."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        TERMINATED.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cli_errors(fn: F) -> F:
     """Wrap a command's ``main``: the process is configured first (``maskgit_lab.process``);
     a ConfigError, or an OSError of the user's files (disk full, permission, missing path),
-    becomes one line on stderr and exit 2; Ctrl-C one line and 130."""
+    becomes one line on stderr and exit 2; Ctrl-C one line and 130, SIGTERM one line and 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         configure()
+        terminate_as_interrupt()
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
@@ -44,6 +62,9 @@ def cli_errors(fn: F) -> F:
             print(f"error: {one_line}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
+            if TERMINATED:
+                print("terminated: finished work is kept; run the same command again to continue", file=sys.stderr)
+                raise SystemExit(143) from None
             print("interrupted: finished work is kept; run the same command again to continue", file=sys.stderr)
             raise SystemExit(130) from None
         except OSError as exc:
