@@ -11,6 +11,7 @@ from helpers import SMOKE, private_copy, write_idx
 from maskgit_lab import train
 from maskgit_lab.config import load_config
 from maskgit_lab.eval.evaluator import train_evaluator
+from maskgit_lab.redact import forget
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +46,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "trained" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _one_command_per_process():
+    """Each command runs in a process of its own; tests run many in this one, so the URLs one
+    test registered with the redactor are forgotten before the next."""
+    yield
+    forget()
 
 
 def _state(root: Path) -> dict[str, tuple[int, int]]:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.redact import redact_text
+from maskgit_lab.redact import redact_file_text
 
 
 @contextmanager
@@ -57,8 +57,8 @@ def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` atomically, passwords of URLs hidden (maskgit_lab.redact)."""
-    text = redact_text(text)
+    """Write ``text`` atomically, URL passwords hidden (maskgit_lab.redact)."""
+    text = redact_file_text(text)
     return atomic_write(path, lambda p: p.write_text(text))
 
 

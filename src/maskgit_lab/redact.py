@@ -3,9 +3,10 @@ MLflow param or tag, or a file.
 
 A URL's password is everything between the first ``:`` after ``scheme://`` and the URL's last
 ``@``, so a password holding ``/ @ : # ? %`` or any other character is found whole. Every URL
-the suite is given is registered; ``redact_text`` then replaces each registered password (and
-its percent-encoded, percent-decoded and escaped spellings) wherever it appears, and hides
-the password of any other ``scheme://user:password@`` it finds.
+the suite is given is registered. ``redact_text`` (lines, log records, MLflow) then hides each
+registered URL and password in the spellings libraries print them, and the password of any
+other ``scheme://user:password@`` it finds; ``redact_file_text`` (files the suite writes) hides
+URLs only, so a short password never rewrites a number in a data file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ MASK = "***"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)@(.*)$", re.S)
 # a URL inside free text that was never registered: up to the last '@' before a space or quote
 _IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s'\"]*@")
-_SECRETS: set[str] = set()
+DELIMITERS = "@:/#?%"
+REQUOTE_SAFE = "!#$%&'()*+,/:;=?@[]~"  # what HTTP clients leave unquoted when they re-quote a URL
+_URLS: dict[str, str] = {}  # a registered URL's spellings -> its redacted form
+_SECRETS: set[str] = set()  # registered passwords' spellings, and what other parsers show of them
+_PASSWORDS: set[str] = set()  # registered passwords as given
 
 
 def _split(url: str) -> tuple[str, str, str | None, str] | None:
@@ -31,27 +36,52 @@ def _split(url: str) -> tuple[str, str, str | None, str] | None:
     return scheme, user, password if sep else None, rest
 
 
-def spellings(secret: str) -> set[str]:
-    """The ways a password may be written out: as given, percent-decoded and -encoded,
-    escaped as Python's repr and JSON write it, and the pieces between URL delimiters and
-    white space, and what lies before and after each delimiter (another parser that splits
-    the URL at the password's first ``@`` or ``/`` shows those)."""
+def spellings(text: str) -> set[str]:
+    """``text`` as given, percent-decoded and -encoded (as a whole, as a path, as HTTP clients
+    re-quote a URL), and escaped as repr and JSON write it."""
     out = set()
-    pieces = {p for p in re.split(r"[@:/#?%\s]+", secret) if p}
-    for i, c in enumerate(secret):
-        if c in "@:/#?%" or c.isspace():
-            pieces |= {secret[:i], secret[: i + 1], secret[i:], secret[i + 1 :]}
-    for s in {secret, unquote(secret), *pieces}:
-        out |= {s, quote(s, safe=""), quote(s), repr(s)[1:-1], json.dumps(s)[1:-1],
-                json.dumps(s, ensure_ascii=False)[1:-1]}
+    for s in {text, unquote(text)}:
+        out |= {s, quote(s, safe=""), quote(s, safe=":/@"), quote(s, safe=REQUOTE_SAFE), repr(s)[1:-1],
+                json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1]}
     return {s for s in out if s}
 
 
+def misparsed(user: str, password: str, rest: str) -> set[str]:
+    """What a parser that ends the password at one of its delimiters shows: the user with the
+    password's beginning, or the password's end taken for the host."""
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hosts = {netloc, netloc.rsplit(":", 1)[0]}  # with and without the port
+    out = set()
+    for i, c in enumerate(password):
+        if c in DELIMITERS or c.isspace():
+            if password[:i]:
+                out.add(f"{user}:{password[:i]}")
+            out |= {f"{password[i:]}@{h}" for h in hosts}
+            if password[i + 1 :]:
+                out |= {f"{password[i + 1 :]}@{h}" for h in hosts}
+    return out
+
+
 def register(url: object) -> None:
-    """Remember the password of ``url`` (if it has one) so that every later output hides it."""
-    parts = _split(str(url)) if url else None
-    if parts and parts[2]:  # one character cannot be told from the text around it: the URL rule hides it
-        _SECRETS.update(s for s in spellings(parts[2]) if len(s) > 1)
+    """Remember ``url`` and its password (if it has one) so that every later output hides them."""
+    text = str(url) if url else ""
+    parts = _split(text)
+    if not parts or not parts[2]:
+        return
+    scheme, user, password, rest = parts
+    redacted = f"{scheme}{user}:{MASK}@{rest}"
+    _URLS.update({s: redacted for s in spellings(text)})
+    # one character cannot be told from the text around it: the URL rules hide it
+    _PASSWORDS.add(password)
+    shown = {s for piece in {password} | misparsed(user, password, rest) for s in spellings(piece)}
+    _SECRETS.update(s for s in shown if len(s) > 1)
+
+
+def forget() -> None:
+    """Drop every registered URL (a process runs one command; tests run many)."""
+    _URLS.clear()
+    _SECRETS.clear()
+    _PASSWORDS.clear()
 
 
 def redact_url(url: object) -> str:
@@ -65,12 +95,23 @@ def redact_url(url: object) -> str:
     return redact_text(text)
 
 
+def _hide_urls(text: str) -> str:
+    for url in sorted(_URLS, key=len, reverse=True):
+        text = text.replace(url, _URLS[url])
+    return _IN_TEXT.sub(rf"\1:{MASK}@", text)
+
+
 def redact_text(text: object) -> str:
-    """``text`` with every registered password, and the password of any URL in it, hidden."""
-    out = str(text)
+    """``text`` with every registered URL and password, and the password of any URL in it, hidden."""
+    out = _hide_urls(str(text))
     for secret in sorted(_SECRETS, key=len, reverse=True):
         out = out.replace(secret, MASK)
-    return _IN_TEXT.sub(rf"\1:{MASK}@", out)
+    return out
+
+
+def redact_file_text(text: str) -> str:
+    """A file's text with every registered URL, and the password of any URL in it, hidden."""
+    return _hide_urls(text)
 
 
 def redact_tree(obj):
@@ -83,7 +124,14 @@ def redact_tree(obj):
 
 
 def reason(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, passwords hidden before it is cut (a cut
-    could leave part of a password that no longer matches), or the exception's type."""
-    text = redact_text(str(exc)).strip()
+    """The first line of a library's message about a URL it could not use, or the exception's
+    type. Such a message may show any piece of the password (its parser split the URL
+    elsewhere), so every run of two or more of a registered password's characters is hidden
+    in it, before it is cut."""
+    text = redact_text(str(exc))
+    for password in _PASSWORDS:
+        pieces = {password[i:j] for i in range(len(password)) for j in range(i + 2, len(password) + 1)}
+        for piece in sorted(pieces, key=len, reverse=True):
+            text = text.replace(piece, MASK)
+    text = text.strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
