@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import SMOKE
+from helpers import SMOKE, private_copy
 from nbclient import NotebookClient
 
 from maskgit_lab.sweeps import schedule_ablation
@@ -25,9 +25,10 @@ def test_there_are_notebooks_and_outputs_are_stripped():
 
 
 @pytest.fixture(scope="module")
-def swept(trained):
-    overrides, _ = trained
-    assert schedule_ablation.main(["--config", SMOKE, *overrides, "--out-dir", str(Path(overrides[2].split("=")[1]) / "out")]) == 0
+def swept(trained_once, tmp_path_factory):
+    """A copy of the trained models with the smoke ablation run on it, shared by the notebooks."""
+    overrides, root = private_copy(trained_once, tmp_path_factory.mktemp("swept"))
+    assert schedule_ablation.main(["--config", SMOKE, *overrides, "--out-dir", str(root.parent / "out")]) == 0
     return overrides
 
 
