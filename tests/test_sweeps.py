@@ -126,6 +126,16 @@ def _launch(trained, tmp_path, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def _launch_until(trained, tmp_path, done: int, *extra):
+    """A sweep in a subprocess, returned once ``done`` of its cells are complete and it is still running."""
+    proc = _launch(trained, tmp_path, *extra)
+    deadline = time.time() + 240
+    while _n_complete(tmp_path) < done and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be signalled:\n" + proc.stdout.read()
+    return proc
+
+
 def _n_complete(tmp_path) -> int:
     db = tmp_path / "optuna.db"
     if not db.exists():
@@ -147,11 +157,7 @@ def finished_run_ids(tmp_path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path):
-    proc = _launch(trained, tmp_path, "sweep.seed=1")
-    deadline = time.time() + 240
-    while _n_complete(tmp_path) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the sweep ended before it could be killed:\n" + proc.stdout.read()
+    proc = _launch_until(trained, tmp_path, 2, "sweep.seed=1")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = finished_run_ids(tmp_path)
@@ -168,11 +174,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_cell_once(trained, tmp_path)
 
 @pytest.mark.slow
 def test_sigterm_mid_sweep_leaves_nothing_running(trained, tmp_path):
-    proc = _launch(trained, tmp_path, "sweep.seed=3")
-    deadline = time.time() + 240
-    while _n_complete(tmp_path) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the sweep ended before it could be terminated:\n" + proc.stdout.read()
+    proc = _launch_until(trained, tmp_path, 1, "sweep.seed=3")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:]
