@@ -89,10 +89,10 @@ _DIGESTS: dict[tuple, str] = {}
 
 def content_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read again whenever the file may have changed: the digest is
-    remembered per (file, size, modification and inode-change time), and any write, even one
+    remembered per (device, inode, size, modification and inode-change time), and any write, even one
     that restores size and modification time, moves the inode-change time."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path, 64)
     return _DIGESTS[key]

@@ -62,19 +62,23 @@ def misparsed(user: str, password: str, rest: str) -> set[str]:
     return out
 
 
-def register(url: object) -> None:
-    """Remember ``url`` and its password (if it has one) so that every later output hides them."""
+def register(url: object) -> str | None:
+    """Remember ``url`` and its password (if it has one) so that every later output hides them;
+    -> its redacted form (None when it holds no password)."""
     text = str(url) if url else ""
     parts = _split(text)
-    if not parts or not parts[2]:
-        return
+    if not parts or parts[2] is None:
+        return None
     scheme, user, password, rest = parts
     redacted = f"{scheme}{user}:{MASK}@{rest}"
+    if not password:
+        return redacted
     _URLS.update({s: redacted for s in spellings(text)})
     # one character cannot be told from the text around it: the URL rules hide it
     _PASSWORDS.add(password)
     shown = {s for piece in {password} | misparsed(user, password, rest) for s in spellings(piece)}
     _SECRETS.update(s for s in shown if len(s) > 1)
+    return redacted
 
 
 def forget() -> None:
@@ -86,13 +90,8 @@ def forget() -> None:
 
 def redact_url(url: object) -> str:
     """``scheme://user:password@host/...`` -> ``scheme://user:***@host/...`` (registered too)."""
-    text = str(url)
-    register(text)
-    parts = _split(text)
-    if parts and parts[2] is not None:
-        scheme, user, _, rest = parts
-        return f"{scheme}{user}:{MASK}@{rest}"
-    return redact_text(text)
+    redacted = register(url)
+    return redacted if redacted is not None else redact_text(url)
 
 
 def _hide_urls(text: str) -> str:

@@ -167,7 +167,10 @@ def preflight(cfg: ExperimentConfig, log: bool = True) -> None:
         raise _store_error(cfg.tracking_uri, exc) from None
     finally:
         for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def mark_model_training(client: mlflow.MlflowClient, exp_id: str) -> None:
