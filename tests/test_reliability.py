@@ -4,9 +4,12 @@ random settings and options either load or give the suite's one-line error."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
+import os
 import re
+import signal
 import sqlite3
 
 import mlflow
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from maskgit_lab import edit, evaluate, sample, tracking, train
 from maskgit_lab.bounds import MAX_COUNT, SEED_MAX
 from maskgit_lab.config import ExperimentConfig, load_config, stored_dict, to_dict
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.errors import ConfigError, cli_errors, deferred_interrupts
 from maskgit_lab.eval import evaluator
 from maskgit_lab.io import atomic_write_text
 from maskgit_lab.process import redact_log_records
@@ -272,8 +275,6 @@ def test_mlflow_params_are_stored_redacted(tmp_path):
 
 @pytest.mark.slow  # a training in a subprocess, interrupted
 def test_ctrl_c_in_training_is_one_line_and_130(fmnist_dir, tmp_path):
-    import os
-    import signal
     import subprocess
     import sys
     import time
@@ -292,3 +293,80 @@ def test_ctrl_c_in_training_is_one_line_and_130(fmnist_dir, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("interrupted: "), err[-2000:]
     assert "Traceback" not in err
+
+
+def mlflow_work(runs, sweep: str) -> int:
+    """What a sweep and a training do to MLflow, as one command: a sweep's parent run and a
+    cell, then a training run."""
+    cfg = load_config(SMOKE, [f"runs_dir={runs}"])
+
+    @cli_errors
+    def command() -> int:
+        log = tracking.SweepLog(cfg, f"schedule_ablation.{sweep}", "schedule_ablation", "ablation", {"n": 8})
+        log.cell("linear-4-0", "linear T=4 seed=0", {"schedule": "linear"}, lambda run_id: {"fid": 1.0})
+        log.end("FINISHED", {"best_fid": 1.0})
+        logger = tracking.mlflow_logger(cfg, "transformer-linear", stage="transformer")
+        logger.log_metrics({"val_loss": 1.0}, step=1)
+        logger.finalize("success")
+        return 0
+
+    return command()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_signal_at_any_tracking_call_leaves_no_run_running(tmp_path, monkeypatch, when):
+    """SIGTERM just before, or just after, each MLflow call a sweep and a training make (as when
+    it arrives while a run is being created): the command ends `terminated` (143) and every
+    run it created ends, none left RUNNING."""
+    calls: list[str] = []
+    kill_at = [-1]
+
+    def wrap(name, real):
+        def call(self, *args, **kwargs):
+            calls.append(name)
+            hit = len(calls) - 1 == kill_at[0]
+            if hit and when == "before":
+                os.kill(os.getpid(), signal.SIGTERM)
+            out = real(self, *args, **kwargs)
+            if hit and when == "after":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+        return call
+
+    for name in dir(mlflow.MlflowClient):
+        real = getattr(mlflow.MlflowClient, name)
+        if not name.startswith("_") and inspect.isfunction(real):
+            monkeypatch.setattr(mlflow.MlflowClient, name, wrap(name, real))
+    runs = tmp_path / "runs"
+    assert mlflow_work(runs, "first") == 0  # creates the store and its experiments
+    calls.clear()
+    assert mlflow_work(runs, "second") == 0
+    total = len(calls)
+    assert calls.count("create_run") == 3 and total > 20, calls
+    store = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    for k in range(total):
+        calls.clear()
+        kill_at[0] = k
+        with pytest.raises(SystemExit) as exit_:
+            mlflow_work(runs, f"k{k}")  # a new sweep each time: every call is made again
+        kill_at[0] = -1
+        assert exit_.value.code == 143, f"signal {when} call {k} ({calls[k]})"
+        left = [(r.info.run_name, r.data.tags.get("sweep_id")) for r in store.search_runs(
+            [e.experiment_id for e in store.search_experiments()], "attributes.status = 'RUNNING'")]
+        assert not left, f"signal {when} call {k} ({calls[k]}): {left} left RUNNING"
+
+
+def test_a_signal_waits_for_the_block_and_a_second_one_does_not():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("after the first")
+        done.append("after the block")
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("after the second")
+    assert done == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

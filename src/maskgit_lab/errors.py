@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from maskgit_lab.bounds import float_problem, int_problem
@@ -46,6 +47,56 @@ def terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+_AT_ABORT: list[Callable[[bool], None]] = []
+
+
+def at_abort(fn: Callable[[bool], None]) -> None:
+    """``fn(interrupted)`` runs when a command ends on an error or a signal (``interrupted``:
+    Ctrl-C or SIGTERM), before its one-line message: it closes what the command left open."""
+    if fn not in _AT_ABORT:
+        _AT_ABORT.append(fn)
+
+
+def _abort(interrupted: bool) -> None:
+    for fn in _AT_ABORT:
+        try:
+            fn(interrupted)
+        except Exception:  # noqa: BLE001, S110 - best effort: the command's own error is what the user needs
+            pass
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM arriving inside the block take effect when it ends, so a step that
+    must not be cut in two (creating a run and recording that it is open) completes first.
+    A second signal inside the block takes effect at once. Main thread only, as signals are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not None}  # None: not set from Python
+    pending: list[int] = []
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    def hold(signum, frame):
+        pending.append(signum)
+        if len(pending) > 1:
+            restore()
+            signal.raise_signal(signum)
+
+    for s in previous:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        restore()
+    if pending:
+        signal.raise_signal(pending[0])  # delivered by the handler the block had replaced
+
+
 def cli_errors(fn: F) -> F:
     """Wrap a command's ``main``: the process is configured first (``maskgit_lab.process``);
     a ConfigError, or an OSError of the user's files (disk full, permission, missing path),
@@ -56,7 +107,17 @@ def cli_errors(fn: F) -> F:
         configure()
         terminate_as_interrupt()
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                with deferred_interrupts():
+                    _abort(True)
+                raise
+            except BaseException as exc:
+                if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+                    with deferred_interrupts():
+                        _abort(False)
+                raise
         except ConfigError as exc:
             one_line = " ".join(redact_text(exc).split())
             print(f"error: {one_line}", file=sys.stderr)

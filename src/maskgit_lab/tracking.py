@@ -10,11 +10,12 @@ rather than a GenAI overview.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,7 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric, Param, RunTag
 
 from maskgit_lab.config import ExperimentConfig, to_dict
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.errors import ConfigError, at_abort, deferred_interrupts
 from maskgit_lab.io import check_output_dir, sqlite_init_lock
 from maskgit_lab.redact import reason, redact_text, redact_tree, redact_url
 
@@ -132,6 +133,8 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
                 artifact_location=artifact_root(cfg) + f"/{cfg.name}",
                 tags=tags,
             )
+            with deferred_interrupts():  # the logger creates its run here
+                _OPEN_RUNS[logger.run_id] = cfg.tracking_uri
             mark_model_training(logger.experiment, logger.experiment_id)
             logger.log_hyperparams(redact_tree(training_params(cfg, stage)))
             logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False),
@@ -159,18 +162,11 @@ def preflight(cfg: ExperimentConfig, log: bool = True) -> None:
         raise ConfigError(f"runs_dir {runs} cannot be written: {top}: {exc.strerror or exc}") from None
     if not log or cfg.tracking_uri.startswith("sqlite:"):
         return  # a local store is created in the runs folder
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
     try:
-        mlflow.MlflowClient(cfg.tracking_uri).search_experiments(max_results=1)
+        with _one_try():
+            mlflow.MlflowClient(cfg.tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable server: one line
         raise _store_error(cfg.tracking_uri, exc) from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def mark_model_training(client: mlflow.MlflowClient, exp_id: str) -> None:
@@ -194,6 +190,56 @@ def experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str
     return exp_id
 
 
+# The runs this process created and has not ended: {run id: tracking URI}.
+_OPEN_RUNS: dict[str, str] = {}
+
+
+def create_run(client: mlflow.MlflowClient, exp_id: str, run_name: str, tags: dict) -> str:
+    """A new run, recorded as open in the same step (a signal cannot fall between the two):
+    a command that ends on an error or a signal ends it (``end_open_runs``)."""
+    with deferred_interrupts():
+        run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        _OPEN_RUNS[run_id] = client.tracking_uri
+    return run_id
+
+
+def end_run(client: mlflow.MlflowClient, run_id: str, status: str) -> None:
+    """End a run as FINISHED, FAILED or KILLED."""
+    client.set_terminated(run_id, status)
+    _OPEN_RUNS.pop(run_id, None)
+
+
+@contextlib.contextmanager
+def _one_try() -> Iterator[None]:
+    """Inside the block MLflow's HTTP client tries a tracking server once, for at most 10 s."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def end_open_runs(interrupted: bool) -> None:
+    """Every run this process created and left RUNNING ends KILLED (``interrupted``) or FAILED."""
+    with _one_try():
+        for run_id, uri in list(_OPEN_RUNS.items()):
+            _OPEN_RUNS.pop(run_id)
+            try:
+                client = mlflow.MlflowClient(uri)
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+            except Exception:  # noqa: BLE001, S112 - the store may be what failed; the others still get ended
+                continue
+
+
+at_abort(end_open_runs)
+
+
 def _log_params(client: mlflow.MlflowClient, run_id: str, params: dict) -> None:
     items = [Param(k, redact_text(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
@@ -210,11 +256,12 @@ def parent_run(client: mlflow.MlflowClient, exp_id: str, sweep_id: str, run_name
 
     found = find()
     if not found:
-        run = client.create_run(exp_id, run_name=run_name, tags={**tags, "sweep_id": sweep_id, "sweep_role": "parent"})
-        _log_params(client, run.info.run_id, params)
+        run_id = create_run(client, exp_id, run_name, {**tags, "sweep_id": sweep_id, "sweep_role": "parent"})
+        _log_params(client, run_id, params)
         found = find()
-        if found[0].info.run_id != run.info.run_id:  # lost a race: use the first one
-            client.delete_run(run.info.run_id)
+        if found[0].info.run_id != run_id:  # lost a race: use the first one
+            client.delete_run(run_id)
+            _OPEN_RUNS.pop(run_id, None)
     return found[0].info.run_id
 
 
@@ -225,10 +272,10 @@ def child_run(client: mlflow.MlflowClient, exp_id: str, parent_id: str, sweep_id
     for r in old:
         client.delete_run(r.info.run_id)
     ids = {k: str(v) for k, v in params.items() if is_identity(k)}
-    run = client.create_run(exp_id, run_name=run_name, tags={
+    run_id = create_run(client, exp_id, run_name, {
         **ids, "mlflow.parentRunId": parent_id, "sweep_id": sweep_id, "sweep_role": "cell", "cell": cell})
-    _log_params(client, run.info.run_id, {k: v for k, v in params.items() if k not in ids})
-    return run.info.run_id
+    _log_params(client, run_id, {k: v for k, v in params.items() if k not in ids})
+    return run_id
 
 
 def is_identity(key: str) -> bool:
@@ -307,12 +354,12 @@ class SweepLog:
             log_batch(self.client, run_id, metrics)
             self.client.log_text(run_id, self.config_text, "config.yaml")
         except KeyboardInterrupt:
-            self.client.set_terminated(run_id, "KILLED")
+            end_run(self.client, run_id, "KILLED")
             raise
         except BaseException:
-            self.client.set_terminated(run_id, "FAILED")
+            end_run(self.client, run_id, "FAILED")
             raise
-        self.client.set_terminated(run_id, "FINISHED")
+        end_run(self.client, run_id, "FINISHED")
         return metrics
 
     def _finished(self):
@@ -350,7 +397,7 @@ class SweepLog:
         """Close the parent run (FINISHED, FAILED or KILLED) with the sweep's headline numbers.
         Several workers share a parent: the last to end sets it."""
         log_batch(self.client, self.parent, metrics, tags)
-        self.client.set_terminated(self.parent, status)
+        end_run(self.client, self.parent, status)
 
     def log_file(self, run_id: str, name: str, write: Callable[[Path], object]) -> None:
         """``write(path)`` makes a file (a figure, say) that becomes the run's artifact ``name``."""
