@@ -4,10 +4,15 @@ a killed trial that had chosen its whole cell. Every cell must end COMPLETE exac
 
 from __future__ import annotations
 
+import inspect
+import os
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -37,6 +42,11 @@ def other_worker_trial(study, n_params: int, pid: int) -> int:
     if n_params == len(SPACE):  # as run_grid's objective does once the cell is whole
         trial.set_user_attr(S.CELL, S.cell_key(params, list(SPACE)))
     return trial.number
+
+
+def unclaimed_trial(study) -> int:
+    """A trial as a worker killed inside Optuna's ``ask()`` leaves it: RUNNING, with no mark."""
+    return optuna.Study(study_name=study.study_name, storage=study._storage).ask().number
 
 
 def run_all(study) -> list[dict]:
@@ -112,7 +122,7 @@ def test_a_worker_killed_inside_ask_leaves_no_running_trial(tmp_path, monkeypatc
     no parameters) is kept while it is young, as a live worker's would be, and failed once it is
     older than ``UNCLAIMED_S``: the grid completes and nothing is left RUNNING."""
     study = study_at(tmp_path)
-    orphan = study.ask().number
+    orphan = unclaimed_trial(study)
     assert S.reap_dead_trials(study) == []
     assert study.get_trials()[orphan].state == TrialState.RUNNING
 
@@ -127,7 +137,7 @@ def test_a_worker_killed_inside_ask_leaves_no_running_trial(tmp_path, monkeypatc
 def test_a_finished_grid_waits_for_an_unclaimed_trial_to_expire(tmp_path, monkeypatch):
     study = study_at(tmp_path)
     run_all(study)
-    orphan = study.ask().number  # every cell is done; a worker dies as it creates one more trial
+    orphan = unclaimed_trial(study)  # every cell is done; a worker dies as it creates one more trial
     monkeypatch.setattr(S, "UNCLAIMED_S", 0.3)
     said = []
     S.run_grid(study, SPACE, lambda trial, params: pytest.fail("no cell is left to run"), poll_s=0.05,
@@ -144,7 +154,7 @@ def test_settle_reaps_a_trial_left_in_a_grid_after_every_worker_had_left_it(tmp_
     study = study_at(tmp_path)
     run_all(study)
     claimed = other_worker_trial(study, n_params=0, pid=dead_pid())
-    unclaimed = study.ask().number
+    unclaimed = unclaimed_trial(study)
     monkeypatch.setattr(S, "UNCLAIMED_S", 0.3)
     said = []
     S.settle([(study, SPACE)], poll_s=0.05, log=said.append)
@@ -152,3 +162,50 @@ def test_settle_reaps_a_trial_left_in_a_grid_after_every_worker_had_left_it(tmp_
     assert states[claimed] == states[unclaimed] == TrialState.FAIL
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(completed_cells(study)) == 8 and len(said) == 1
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_at_any_storage_call_leaves_no_trial_running(tmp_path, monkeypatch, when):
+    """Ctrl-C just before, or just after, each storage call a worker makes up to its first
+    cell's work (inside ``ask()`` included): the worker stops and no trial is left RUNNING."""
+    storage = S.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path)
+    calls: list[str] = []
+    kill_at = [-1]
+
+    def wrap(name, real):
+        def call(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():  # the heartbeat
+                return real(*args, **kwargs)
+            calls.append(name)
+            hit = len(calls) - 1 == kill_at[0]
+            if hit and when == "before":
+                os.kill(os.getpid(), signal.SIGINT)
+            out = real(*args, **kwargs)
+            if hit and when == "after":
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+        return call
+
+    for name, real in inspect.getmembers(storage, inspect.ismethod):  # Optuna's cache calls private ones too
+        if not name.startswith("__"):
+            monkeypatch.setattr(storage, name, wrap(name, real))
+    first_cell = []
+
+    def run_cell(trial, params):
+        first_cell.append(len(calls))
+        return 0.0
+
+    study = S.grid_study("count", storage, SPACE)
+    calls.clear()
+    S.run_grid(study, SPACE, run_cell, poll_s=0.01, log=lambda _: None)
+    total = first_cell[0]
+    assert "_create_new_trial" in calls[:total], calls
+    for k in range(total):
+        study = S.grid_study(f"k{k}", storage, SPACE)
+        calls.clear()
+        kill_at[0] = k
+        with pytest.raises(KeyboardInterrupt):
+            S.run_grid(study, SPACE, run_cell, poll_s=0.01, log=lambda _: None)
+        kill_at[0] = -1
+        left = study.get_trials(states=(TrialState.RUNNING,))
+        assert not left, f"Ctrl-C {when} storage call {k} ({calls[k]}): trial {left[0].number} left RUNNING"

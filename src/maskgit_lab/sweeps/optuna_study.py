@@ -7,7 +7,7 @@ a trial whose worker died (SIGKILL, lost machine) is noticed: on the same machin
 trial is marked FAIL and re-queued exactly once (only the worker whose FAIL transition
 succeeds re-queues it). A worker killed inside ``study.ask()``, after the trial row exists
 but before its objective marks it or its first heartbeat, leaves a trial no heartbeat or pid
-can expire: such an unclaimed trial is failed once it is ``UNCLAIMED_S`` old (it holds no
+can expire (Ctrl-C and SIGTERM there wait for the mark): such an unclaimed trial is failed once it is ``UNCLAIMED_S`` old (it holds no
 parameters, so nothing is re-queued). Its age is read against this machine's clock, so the
 workers' clocks must agree to well within that.
 
@@ -35,7 +35,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from maskgit_lab.errors import ConfigError
+from maskgit_lab.errors import ConfigError, deferred_interrupts
 from maskgit_lab.io import sqlite_init_lock
 from maskgit_lab.redact import reason, redact_url, register
 
@@ -166,7 +166,6 @@ def run_grid(
         raise ValueError("run_grid needs a study created by grid_study()")
 
     def objective(trial: Trial) -> float:
-        mark_worker(trial)
         params = {n: trial.suggest_categorical(n, space[n]) for n in names}
         key = cell_key(params, names)
         trial.set_user_attr(CELL, key)
@@ -242,7 +241,24 @@ def fail_own_running(study: optuna.Study) -> None:
                 pass
 
 
-def grid_study(name: str, storage: optuna.storages.RDBStorage, space: dict[str, list]) -> optuna.Study:
+class WorkerStudy(optuna.Study):
+    """A study whose trials carry their worker's mark (host, pid) from the step that creates
+    them: Ctrl-C or SIGTERM during ``ask()`` waits until the mark is written, so the trial is
+    this worker's to fail (``fail_own_running``), never left unclaimed."""
+
+    def ask(self, fixed_distributions=None) -> Trial:
+        with deferred_interrupts():
+            trial = super().ask(fixed_distributions)
+            mark_worker(trial)
+        return trial
+
+
+def open_study(name: str, storage: optuna.storages.RDBStorage, **kwargs) -> WorkerStudy:
+    """Study ``name`` in ``storage``, created with ``kwargs`` (sampler, directions, pruner) if new."""
     with sqlite_init_lock(storage.url):
-        return optuna.create_study(study_name=name, storage=storage, sampler=_Grid(space, seed=0),
-                               direction="minimize", load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, **kwargs)
+    return WorkerStudy(study_name=name, storage=storage, sampler=study.sampler, pruner=study.pruner)
+
+
+def grid_study(name: str, storage: optuna.storages.RDBStorage, space: dict[str, list]) -> WorkerStudy:
+    return open_study(name, storage, sampler=_Grid(space, seed=0), direction="minimize")

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from maskgit_lab.decoding.sampler import DecodeConfig
 from maskgit_lab.decoding.schedules import canonical_name
 from maskgit_lab.errors import ConfigError
-from maskgit_lab.io import atomic_write, atomic_write_text, sqlite_init_lock
+from maskgit_lab.io import atomic_write, atomic_write_text
 from maskgit_lab.stats import interval
 from maskgit_lab.sweeps import optuna_study as S
 from maskgit_lab.sweeps.common import TIMING_NOTE, Sweep, decode_params, sweep_main
@@ -115,7 +115,6 @@ class TuneSampler(Sweep):
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         sw = self.cfg.sweep
-        S.mark_worker(trial)
         dcfg = suggest(trial, replace(self.cfg.sampling, schedule=self.schedule), sw.tune_max_steps, self.guidance)
         dcfg = dcfg.validated(self.model().transformer.cfg.num_tokens)
         params = {"schedule": self.schedule, **decode_params(dcfg), "mode": "decode",
@@ -149,14 +148,11 @@ class TuneSampler(Sweep):
     def search(self) -> None:
         """TPE trials until the study holds ``--trials`` finished ones (shared, resumable)."""
         sw = self.cfg.sweep
-        with sqlite_init_lock(self.storage.url):
-            self.study = optuna.create_study(
-                study_name=self.sid, storage=self.storage, load_if_exists=True,
-                directions=["minimize", "minimize"] if self.multi else ["minimize"],
-                sampler=optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
-                                                   n_startup_trials=min(8, self.trials)),
-                pruner=optuna.pruners.NopPruner() if self.multi else optuna.pruners.MedianPruner(n_startup_trials=4),
-            )
+        self.study = S.open_study(
+            self.sid, self.storage, directions=["minimize", "minimize"] if self.multi else ["minimize"],
+            sampler=optuna.samplers.TPESampler(seed=sw.seed, multivariate=True, n_startup_trials=min(8, self.trials)),
+            pruner=optuna.pruners.NopPruner() if self.multi else optuna.pruners.MedianPruner(n_startup_trials=4),
+        )
         st = self.study
         counted = (TrialState.COMPLETE, TrialState.PRUNED)
         while True:
