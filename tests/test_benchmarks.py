@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import SMOKE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ def test_decode_speed_prints_times_ratios_and_overhead():
     assert len(re.findall(r"^T=[24]\s+[\d.]+ \(batch 1\)\s+[\d.]+ \(batch 3\)$", text, re.M)) == 2
 
 
+@pytest.mark.slow
 def test_decode_speed_rejects_bad_steps_in_one_line():
     out = _bench("decode_speed.py", "--steps", "4,x")
     assert out.returncode != 0
@@ -41,6 +43,7 @@ def test_decode_speed_rejects_bad_steps_in_one_line():
     assert out.returncode != 0 and "Traceback" not in out.stderr and "999" in out.stderr
 
 
+@pytest.mark.slow
 def test_train_throughput_prints_each_stage_and_precision():
     out = _bench("train_throughput.py", "--steps", "1", "--batch-size", "4")
     assert out.returncode == 0, out.stderr
@@ -54,6 +57,7 @@ def test_train_throughput_prints_each_stage_and_precision():
     assert out.returncode == 0 and "tokenizer train step" not in out.stdout and "transformer train step" in out.stdout
 
 
+@pytest.mark.slow
 def test_presets_speed_prints_a_row_per_preset_step_and_guidance():
     out = subprocess.run([sys.executable, "benchmarks/presets_speed.py", "--configs", SMOKE, "--batch", "2",
                           "--steps", "2,3", "--device", "cpu", "--dtype", "fp32", "--repeats", "1"], cwd=ROOT,

@@ -39,6 +39,7 @@ def test_the_default_config_asks_for_auto_and_rejects_unknown_precisions():
         load_config("experiments/fmnist.yaml", ["inference_precision=half"])
 
 
+@pytest.mark.slow
 def test_large_tensors_reuse_freed_memory_in_a_configured_process_and_import_changes_nothing():
     """In a process a command configured, a second large buffer reuses the first one's pages
     (no page faults); with the setting off, or with the package only imported, every large

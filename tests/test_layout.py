@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 
+import pytest
 from helpers import import_graph, modules
 
 
@@ -91,6 +92,7 @@ def test_transformer_layouts_match_the_registry():
     assert tuple(TRANSFORMER_LAYOUTS) == LAYOUTS
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter():
     names = sorted(modules())
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\nprint('ok', len(sys.argv) - 1)"

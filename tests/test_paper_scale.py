@@ -69,6 +69,7 @@ def test_ddp_on_two_cpu_processes(fmnist_dir, tmp_path):
         assert model_path(done, kind).is_file(), kind
 
 
+@pytest.mark.slow
 def test_ablation_from_imported_weights_on_an_imagefolder(tmp_path):
     from PIL import Image
     from test_weights import CONFIG, SMALL, released_transformer_state, taming_vqgan_state

@@ -35,6 +35,7 @@ def test_bad_train_workers_is_one_clear_error(value):
         load_config(SMOKE, [f"train_workers={value}"])
 
 
+@pytest.mark.slow
 def test_missing_transformers_train_side_by_side_then_are_reused(smoke_overrides, capsys):
     if torch.get_num_threads() < 2:
         pytest.skip("side-by-side training needs two cores")
@@ -57,6 +58,7 @@ def test_missing_transformers_train_side_by_side_then_are_reused(smoke_overrides
     assert {s: f.stat().st_mtime_ns for s, f in files.items()} == mtimes
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_one_error_naming_the_model(smoke_overrides, capsys):
     if torch.get_num_threads() < 2:
         pytest.skip("side-by-side training needs two cores")
