@@ -274,13 +274,14 @@ def test_mlflow_params_are_stored_redacted(tmp_path):
 
 
 @pytest.mark.slow  # a training in a subprocess, interrupted
-def test_ctrl_c_in_training_is_one_line_and_130(fmnist_dir, tmp_path):
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_in_training_is_one_line(fmnist_dir, tmp_path, signum, code, word):
     import subprocess
     import sys
     import time
 
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "maskgit_lab.train", "tokenizer", "--config", SMOKE, "--no-mlflow",
+    cmd = [sys.executable, "-m", "maskgit_lab.train", "tokenizer", "--config", SMOKE,
            f"data.root={fmnist_dir}", "data.val_size=100", f"runs_dir={runs}", "tokenizer_train.max_steps=100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -288,11 +289,14 @@ def test_ctrl_c_in_training_is_one_line_and_130(fmnist_dir, tmp_path):
     while not list(runs.rglob("lightning")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     time.sleep(3)  # inside the training loop
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("interrupted: "), err[-2000:]
+    assert proc.returncode == code, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"{word}: "), err[-2000:]
     assert "Traceback" not in err
+    store = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    (run,) = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert run.info.status in ("FAILED", "KILLED"), run.info.status
 
 
 def mlflow_work(runs, sweep: str) -> int:
