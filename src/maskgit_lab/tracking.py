@@ -98,8 +98,8 @@ def save_view(client: mlflow.MlflowClient, exp_id: str, view_id: str, name: str,
     state = {"searchFilter": search, "orderByKey": "metrics.`fid`", "orderByAsc": True,
              "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics]}
     now = int(time.time() * 1000)
-    client.set_experiment_tag(exp_id, tag, json.dumps({"name": name, "createdAt": now, "updatedAt": now,
-                                                       "state": json.dumps(state)}))
+    value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    shared_write(lambda: client.set_experiment_tag(exp_id, tag, value))
 
 
 def compare_url(tracking_uri: str, exp_id: str, run_ids: list[str]) -> str:
@@ -126,6 +126,8 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
     try:
         # several training processes may open a new store at once (maskgit_lab.lit.pool)
         with sqlite_init_lock(cfg.tracking_uri):
+            # created (and marked as model training) here, where workers racing to create it agree
+            experiment_id(mlflow_client(cfg.tracking_uri), cfg.name, artifact_root(cfg) + f"/{cfg.name}")
             logger = MLFlowLogger(
                 experiment_name=cfg.name,
                 run_name=run_name,
@@ -135,7 +137,6 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
             )
             with deferred_interrupts():  # the logger creates its run here
                 _OPEN_RUNS[logger.run_id] = cfg.tracking_uri
-            mark_model_training(logger.experiment, logger.experiment_id)
             logger.log_hyperparams(redact_tree(training_params(cfg, stage)))
             logger.experiment.log_text(logger.run_id, yaml.safe_dump(logged_config(cfg), sort_keys=False),
                                        "config.yaml")
@@ -172,7 +173,7 @@ def preflight(cfg: ExperimentConfig, log: bool = True) -> None:
 def mark_model_training(client: mlflow.MlflowClient, exp_id: str) -> None:
     """Tag the experiment as model training, so the UI opens it on its runs."""
     if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        shared_write(lambda: client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
 
 
 def experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str) -> str:
@@ -290,24 +291,33 @@ def _key_conflict(exc: Exception) -> bool:
     return any(s in text for s in ("unique constraint", "duplicate key", "uniqueviolation", "integrityerror"))
 
 
-def log_batch(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float | None] | None = None,
-                tags: dict[str, object] | None = None, attempts: int = 5) -> None:
-    """Metrics and tags of a run in one batch. A sweep's parent run is written by every worker:
-    MLflow's SQL store checks for a key, then inserts, so two workers writing the same tag or
-    latest metric at once can hit a unique-key violation; the batch (rolled back whole) is
-    then written again, and this time updates what the other worker inserted."""
-    if not any(v is not None for v in (metrics or {}).values()) and not tags:
-        return
+def shared_write(write: Callable[[], object], attempts: int = 5) -> None:
+    """A write to what several workers write at once (a sweep's parent run, an experiment's
+    tags). MLflow's SQL store checks for a key, then inserts, so two workers writing the same
+    key at once can hit a unique-key violation; the write (rolled back whole) is made again,
+    and this time updates what the other worker inserted."""
     for attempt in range(attempts):
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
         try:
-            client.log_batch(run_id, metrics=items, tags=[RunTag(k, redact_text(v)) for k, v in (tags or {}).items()])
+            write()
             return
         except mlflow.exceptions.MlflowException as exc:
             if attempt == attempts - 1 or not _key_conflict(exc):
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def log_batch(client: mlflow.MlflowClient, run_id: str, metrics: dict[str, float | None] | None = None,
+              tags: dict[str, object] | None = None) -> None:
+    """Metrics and tags of a run in one batch (a shared write)."""
+    if not any(v is not None for v in (metrics or {}).values()) and not tags:
+        return
+
+    def write() -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        client.log_batch(run_id, metrics=items, tags=[RunTag(k, redact_text(v)) for k, v in (tags or {}).items()])
+
+    shared_write(write)
 
 
 class SweepLog:
