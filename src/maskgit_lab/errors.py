@@ -109,14 +109,10 @@ def cli_errors(fn: F) -> F:
         try:
             try:
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt:
-                with deferred_interrupts():
-                    _abort(True)
-                raise
             except BaseException as exc:
                 if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
                     with deferred_interrupts():
-                        _abort(False)
+                        _abort(isinstance(exc, KeyboardInterrupt))
                 raise
         except ConfigError as exc:
             one_line = " ".join(redact_text(exc).split())

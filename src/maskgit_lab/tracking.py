@@ -127,12 +127,13 @@ def mlflow_logger(cfg: ExperimentConfig, run_name: str, tags: dict[str, str] | N
         # several training processes may open a new store at once (maskgit_lab.lit.pool)
         with sqlite_init_lock(cfg.tracking_uri):
             # created (and marked as model training) here, where workers racing to create it agree
-            experiment_id(mlflow_client(cfg.tracking_uri), cfg.name, artifact_root(cfg) + f"/{cfg.name}")
+            location = artifact_root(cfg) + f"/{cfg.name}"
+            experiment_id(mlflow_client(cfg.tracking_uri), cfg.name, location)
             logger = MLFlowLogger(
                 experiment_name=cfg.name,
                 run_name=run_name,
                 tracking_uri=cfg.tracking_uri,
-                artifact_location=artifact_root(cfg) + f"/{cfg.name}",
+                artifact_location=location,
                 tags=tags,
             )
             with deferred_interrupts():  # the logger creates its run here

@@ -5,10 +5,10 @@ with ``--storage`` so workers on several machines share one study. Heartbeats ar
 a trial whose worker died (SIGKILL, lost machine) is noticed: on the same machine at once
 (its process is gone), elsewhere when its heartbeat is older than the grace period. Such a
 trial is marked FAIL and re-queued exactly once (only the worker whose FAIL transition
-succeeds re-queues it). A worker killed inside ``study.ask()``, after the trial row exists
-but before its objective marks it or its first heartbeat, leaves a trial no heartbeat or pid
-can expire (Ctrl-C and SIGTERM there wait for the mark): such an unclaimed trial is failed once it is ``UNCLAIMED_S`` old (it holds no
-parameters, so nothing is re-queued). Its age is read against this machine's clock, so the
+succeeds re-queues it). ``WorkerStudy.ask()`` marks a trial with its worker as it creates
+it (Ctrl-C and SIGTERM wait for the mark); a worker SIGKILLed between the two leaves a trial
+no heartbeat or pid can expire: such an unclaimed trial is failed once it is ``UNCLAIMED_S``
+old (it holds no parameters, so nothing is re-queued). Its age is read against this machine's clock, so the
 workers' clocks must agree to well within that.
 
 Grid sweeps (``run_grid``): every cell of the grid ends COMPLETE exactly once. Fresh cells
